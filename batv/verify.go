@@ -1,0 +1,191 @@
+package batv
+
+import (
+	"fmt"
+	"time"
+)
+
+// Status is the outcome of verifying an address. The zero Status is not
+// an outcome, so a zero Result never reads as valid.
+type Status uint8
+
+// The verification outcomes, in the order the checks run: shape, key,
+// window, MAC.
+const (
+	// Valid: well-formed, key known, within the window, MAC matches.
+	Valid Status = iota + 1
+	// Missing: the address has no tag.
+	Missing
+	// Malformed: it starts like a tag but the shape is wrong.
+	Malformed
+	// UnknownKey: the key id has no key (never issued, or retired).
+	UnknownKey
+	// Expired: the expiry day is outside the window.
+	Expired
+	// BadSignature: the MAC does not match.
+	BadSignature
+)
+
+var statusNames = [...]string{
+	Valid:        "valid",
+	Missing:      "missing",
+	Malformed:    "malformed",
+	UnknownKey:   "unknown-key",
+	Expired:      "expired",
+	BadSignature: "bad-signature",
+}
+
+// String returns the outcome word used in logs, metrics, headers and
+// documentation: "valid", "missing", "malformed", "unknown-key", "expired"
+// or "bad-signature".
+func (s Status) String() string {
+	if s != 0 && int(s) < len(statusNames) {
+		return statusNames[s]
+	}
+	return fmt.Sprintf("status(%d)", uint8(s))
+}
+
+// Match says which form of the address the MAC matched.
+type Match uint8
+
+const (
+	// MatchNone: no MAC matched (the result is not Valid).
+	MatchNone Match = iota
+	// MatchExact: the MAC covers the address exactly as received.
+	MatchExact
+	// MatchFolded: the MAC covers the address with its local part and
+	// domain lowercased (ASCII); the case changed in transit. Strict
+	// verification never reports it.
+	MatchFolded
+)
+
+// String returns "exact", "folded" or "".
+func (m Match) String() string {
+	switch m {
+	case MatchExact:
+		return "exact"
+	case MatchFolded:
+		return "folded"
+	}
+	return ""
+}
+
+// Result is the outcome of verifying one address.
+type Result struct {
+	Status Status
+	// Reason is a short static explanation for logs when the status is
+	// Malformed, UnknownKey, Expired or BadSignature.
+	Reason string
+	// Tag is the parsed tag: set for every status but Missing and
+	// Malformed. Tag.Original is the untagged address, Tag.KeyID the key
+	// id and Tag.Expiry the expiry day number modulo 1000.
+	Tag Tag
+	// Match is the form the MAC matched, for Valid.
+	Match Match
+	// DaysLeft is the number of whole days after today that the tag stays
+	// valid (0 on its last day) when it is within the window; a negative
+	// number is how many days ago it expired, reading an out-of-window
+	// expiry as past. Set whenever Tag is.
+	DaysLeft int
+}
+
+// Untagged returns the address without its tag if the address parsed as a
+// tag, and "" otherwise.
+func (r Result) Untagged() string { return r.Tag.Original }
+
+// Verifier checks tagged recipient addresses. The zero value is not
+// usable: set Keys. A Verifier is safe for concurrent use if its Keys is.
+type Verifier struct {
+	// Keys supplies the verification keys by id.
+	Keys Keyring
+	// MaxLifetime is the longest lifetime, in days, that this site signs
+	// with: the window is today to today+MaxLifetime. 0 means
+	// DefaultLifetime.
+	MaxLifetime int
+	// Strict disables the second MAC attempt over the lowercased address.
+	Strict bool
+	// ClockSkew, if positive, also accepts a tag that is within its window
+	// at now-ClockSkew or now+ClockSkew, for sites whose signing and
+	// verifying hosts may disagree about the date near midnight. Off by
+	// default.
+	ClockSkew time.Duration
+	// Delimiter is the sub-address delimiter to recognise; 0 means "+".
+	Delimiter byte
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Verify checks addr, an envelope recipient without angle brackets, and
+// says whether it carries a valid tag. Every outcome is a Result; the error
+// is for misuse only (invalid MaxLifetime or Delimiter). Verify does not
+// allocate for a standard-form address.
+func (v *Verifier) Verify(addr string) (Result, error) {
+	maxLife, err := checkLifetime(v.MaxLifetime)
+	if err != nil {
+		return Result{}, err
+	}
+	delim := v.Delimiter
+	if delim == 0 {
+		delim = '+'
+	} else if !validDelimiter(delim) {
+		return Result{}, fmt.Errorf("%w: %q", ErrInvalidDelimiter, delim)
+	}
+	t, st, reason := parse(addr, delim)
+	if st != Valid {
+		return Result{Status: st, Reason: reason}, nil
+	}
+	now := timeNow(v.Now)
+	r := Result{Tag: t, DaysLeft: daysLeft(t.Expiry, now, maxLife)}
+
+	key, ok := v.Keys.VerificationKey(now, t.KeyID, t.Domain())
+	if !ok || key.validate() != nil {
+		r.Status, r.Reason = UnknownKey, "no key with this id"
+		return r, nil
+	}
+	if !v.inWindow(t.Expiry, now, maxLife) {
+		r.Status, r.Reason = Expired, "expiry day outside the window"
+		return r, nil
+	}
+	var kddd [4]byte
+	putKDDD(kddd[:], t.KeyID, t.Expiry)
+	if macEqual(tagMAC(key.Secret, kddd, t.Original, false), t.MAC) {
+		r.Status, r.Match = Valid, MatchExact
+		return r, nil
+	}
+	if !v.Strict && hasUpperASCII(t.Original) &&
+		macEqual(tagMAC(key.Secret, kddd, t.Original, true), t.MAC) {
+		r.Status, r.Match = Valid, MatchFolded
+		return r, nil
+	}
+	r.Status, r.Reason = BadSignature, "signature does not match"
+	return r, nil
+}
+
+func (v *Verifier) inWindow(expiry int, now time.Time, maxLife int) bool {
+	if daysLeft(expiry, now, maxLife) >= 0 {
+		return true
+	}
+	return v.ClockSkew > 0 &&
+		(daysLeft(expiry, now.Add(-v.ClockSkew), maxLife) >= 0 ||
+			daysLeft(expiry, now.Add(v.ClockSkew), maxLife) >= 0)
+}
+
+// daysLeft applies the draft's window rule: d = (DDD - today) mod 1000 is
+// within the window iff 0 <= d <= maxLife. It returns d when within the
+// window and d-1000 (the expiry read as past) otherwise.
+func daysLeft(expiry int, now time.Time, maxLife int) int {
+	d := (expiry - dayMod1000(dayNumber(now)) + 1000) % 1000
+	if d <= maxLife {
+		return d
+	}
+	return d - 1000
+}
+
+func hasUpperASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
