@@ -1,0 +1,16 @@
+//go:build !unix
+
+package keyring
+
+import (
+	"io/fs"
+	"os"
+)
+
+// identityOf returns what tells one version of a file from another.
+func identityOf(fi fs.FileInfo) identity {
+	return identity{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano(), mode: fi.Mode()}
+}
+
+// keepOwner does nothing where files have no Unix owner.
+func keepOwner(*os.File, fs.FileInfo) error { return nil }
