@@ -409,3 +409,18 @@ func TestStrings(t *testing.T) {
 		}
 	}
 }
+
+func TestVerifyIgnoringExpiry(t *testing.T) {
+	signed := refTag(testKey.Secret, 3, 792, testAddr)
+	v := Verifier{Keys: twoKeys{}, Now: fixed(testDay.Add(days(20)))}
+	if r, _ := v.Verify(signed); r.Status != Expired {
+		t.Fatalf("Verify: %v, want expired", r.Status)
+	}
+	r, _ := v.VerifyIgnoringExpiry(signed)
+	if r.Status != Valid || r.DaysLeft != -13 || r.Untagged() != testAddr {
+		t.Fatalf("VerifyIgnoringExpiry: %v, %d days left, %q", r.Status, r.DaysLeft, r.Untagged())
+	}
+	if r, _ := v.VerifyIgnoringExpiry("prvs=3792" + flipHex(signed[9:15]) + "=" + testAddr); r.Status != BadSignature {
+		t.Fatalf("forged: %v", r.Status)
+	}
+}

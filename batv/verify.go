@@ -120,6 +120,19 @@ type Verifier struct {
 // is for misuse only (invalid MaxLifetime or Delimiter). Verify does not
 // allocate for a standard-form address.
 func (v *Verifier) Verify(addr string) (Result, error) {
+	return v.verify(addr, true)
+}
+
+// VerifyIgnoringExpiry is Verify without the window check: Valid means the
+// tag is well-formed, its key known and its MAC correct, whatever its
+// expiry day; DaysLeft is negative if it has expired. It suits mail that is
+// not a bounce (a reply to the Return-Path, an auto-reply), whose tag only
+// needs to be removed before delivery.
+func (v *Verifier) VerifyIgnoringExpiry(addr string) (Result, error) {
+	return v.verify(addr, false)
+}
+
+func (v *Verifier) verify(addr string, checkWindow bool) (Result, error) {
 	maxLife, err := checkLifetime(v.MaxLifetime)
 	if err != nil {
 		return Result{}, err
@@ -142,7 +155,7 @@ func (v *Verifier) Verify(addr string) (Result, error) {
 		r.Status, r.Reason = UnknownKey, "no key with this id"
 		return r, nil
 	}
-	if !v.inWindow(t.Expiry, now, maxLife) {
+	if checkWindow && !v.inWindow(t.Expiry, now, maxLife) {
 		r.Status, r.Reason = Expired, "expiry day outside the window"
 		return r, nil
 	}
