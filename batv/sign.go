@@ -94,7 +94,7 @@ func (s *Signer) Sign(addr string) (Signed, error) {
 	if err != nil {
 		return Signed{}, err
 	}
-	if s.SubAddress != 0 && !validDelimiter(s.SubAddress) {
+	if s.SubAddress != 0 && !ValidDelimiter(s.SubAddress) {
 		return Signed{}, fmt.Errorf("%w: %q", ErrInvalidDelimiter, s.SubAddress)
 	}
 	if skip := s.skip(addr); skip != NotSkipped {
@@ -206,10 +206,10 @@ func isAlnum(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
-// validDelimiter reports whether c can separate loc-core from the tag in
+// ValidDelimiter reports whether c can separate loc-core from the tag in
 // the sub-address form: a printable atext character that is not a letter,
 // digit, "=" or "/" (those would make the tag ambiguous).
-func validDelimiter(c byte) bool {
+func ValidDelimiter(c byte) bool {
 	return strings.IndexByte("+-_.!#$%&'*?^`{|}~", c) >= 0
 }
 

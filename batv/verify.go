@@ -140,7 +140,7 @@ func (v *Verifier) verify(addr string, checkWindow bool) (Result, error) {
 	delim := v.Delimiter
 	if delim == 0 {
 		delim = '+'
-	} else if !validDelimiter(delim) {
+	} else if !ValidDelimiter(delim) {
 		return Result{}, fmt.Errorf("%w: %q", ErrInvalidDelimiter, delim)
 	}
 	t, st, reason := parse(addr, delim)

@@ -65,6 +65,9 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			signCommand(),
 			verifyCommand(),
 			keysCommand(),
+			milterCommand(),
+			checkConfigCommand(),
+			explainCommand(),
 		},
 		OnUsageError: onUsageError,
 	}

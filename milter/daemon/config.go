@@ -1,0 +1,434 @@
+// Package daemon runs the batv milter daemon: it reads the configuration
+// file and the keyring, serves the milter and socketmap listeners, and
+// reloads, logs, counts and shuts down the way a mail administrator
+// expects.
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/batv/batv/keyring"
+	"github.com/batv/batv/milter"
+)
+
+// ErrConfig is wrapped by every configuration problem.
+var ErrConfig = errors.New("daemon: invalid configuration")
+
+// Config is the whole configuration file. See docs/batv.toml for every
+// option with its default and an example.
+type Config struct {
+	// Keyring is the keyring file.
+	Keyring string `toml:"keyring"`
+	// CreateKeyring creates the keyring with one signing key if the file
+	// does not exist when the daemon starts.
+	CreateKeyring bool `toml:"create_keyring"`
+	// KeyringPoll is how often the keyring file is checked for changes.
+	KeyringPoll milter.Duration `toml:"keyring_poll"`
+
+	Log       LogConfig      `toml:"log"`
+	Metrics   MetricsConfig  `toml:"metrics"`
+	Limits    LimitsConfig   `toml:"limits"`
+	Listeners []Listener     `toml:"listener"`
+	Socketmap *SocketmapConf `toml:"socketmap"`
+
+	milter.Config
+}
+
+// LogConfig sets the log format and level.
+type LogConfig struct {
+	// Format is "text" (default) or "json".
+	Format string `toml:"format"`
+	// Level is "debug", "info" (default), "warn" or "error".
+	Level string `toml:"level"`
+}
+
+// MetricsConfig sets the Prometheus endpoint.
+type MetricsConfig struct {
+	// Listen is the HOST:PORT of the metrics and health endpoint; empty
+	// (default) switches it off. Keep it on loopback or a management
+	// network.
+	Listen string `toml:"listen"`
+}
+
+// LimitsConfig bounds resources.
+type LimitsConfig struct {
+	// MaxConnections bounds concurrent MTA connections per listener.
+	MaxConnections int `toml:"max_connections"`
+	// IdleTimeout closes an MTA connection idle this long.
+	IdleTimeout milter.Duration `toml:"idle_timeout"`
+	// ShutdownTimeout is how long messages in flight may take to finish
+	// when the daemon stops.
+	ShutdownTimeout milter.Duration `toml:"shutdown_timeout"`
+}
+
+// Listener is one milter socket.
+type Listener struct {
+	// Name labels the listener in logs and metrics.
+	Name string `toml:"name"`
+	// Address is "unix:/path" or "inet:HOST:PORT".
+	Address string `toml:"address"`
+	// Roles are "outbound" and/or "inbound".
+	Roles []string `toml:"roles"`
+	Socket
+}
+
+// SocketmapConf is the lookup service Postfix queries for tagged
+// recipients (see docs/postfix.md).
+type SocketmapConf struct {
+	// Address is "unix:/path" or "inet:HOST:PORT".
+	Address string `toml:"address"`
+	Socket
+}
+
+// Socket is the ownership and mode of a unix socket.
+type Socket struct {
+	// Mode is the octal permission of a unix socket, e.g. "0660".
+	Mode string `toml:"socket_mode"`
+	// Group is the group (name or number) of a unix socket, e.g.
+	// "postfix", so that Postfix can connect to it.
+	Group string `toml:"socket_group"`
+}
+
+// Defaults.
+const (
+	DefaultMilterAddress    = "inet:127.0.0.1:8891"
+	DefaultSocketmapAddress = "inet:127.0.0.1:8892"
+	DefaultMaxConnections   = 1024
+	DefaultShutdownTimeout  = 30 * time.Second
+	DefaultKeyringPoll      = 5 * time.Second
+)
+
+// DefaultConfig is the embedded configuration: loopback listeners, the
+// keyring in its default place (created on first start), the policy
+// defaults, and the given domains signed and verified.
+func DefaultConfig(domains ...string) Config {
+	return Config{
+		Keyring:       keyring.DefaultPath,
+		CreateKeyring: true,
+		KeyringPoll:   milter.Duration(DefaultKeyringPoll),
+		Log:           LogConfig{Format: "text", Level: "info"},
+		Limits: LimitsConfig{
+			MaxConnections:  DefaultMaxConnections,
+			IdleTimeout:     milter.Duration(milter.DefaultIdleTimeout),
+			ShutdownTimeout: milter.Duration(DefaultShutdownTimeout),
+		},
+		Listeners: []Listener{{Name: "milter", Address: DefaultMilterAddress, Roles: []string{"outbound", "inbound"},
+			Socket: Socket{Mode: "0660"}}},
+		Socketmap: &SocketmapConf{Address: DefaultSocketmapAddress, Socket: Socket{Mode: "0660"}},
+		Config:    milter.DefaultConfig(domains...),
+	}
+}
+
+// LoadConfig reads a configuration file over the defaults. Every problem
+// found is reported, each with its line where it has one, wrapping
+// ErrConfig; unknown keys are errors.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{Problems: []string{err.Error()}}
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig is LoadConfig on the file's contents; name prefixes the
+// locations in errors.
+func ParseConfig(name string, data []byte) (*Config, error) {
+	cfg := DefaultConfig()
+	// Listeners and socketmap in a file replace the defaults entirely.
+	cfg.Listeners, cfg.Socketmap = nil, nil
+	cfg.CreateKeyring = false
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s:%d:%d: %s", name, pe.Position.Line, pe.Position.Col, pe.Message)}}
+		}
+		return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s: %v", name, err)}}
+	}
+	loc := newLocator(data)
+	var errs []string
+	for _, k := range md.Undecoded() {
+		errs = append(errs, fmt.Sprintf("%s:%d: unknown key %q", name, loc.line(k), k.String()))
+	}
+	if len(cfg.Listeners) == 0 {
+		cfg.Listeners = DefaultConfig().Listeners
+	}
+	problems := cfg.Check()
+	if _, err := milter.NewPolicy(cfg.Config, nil, time.Time{}); err != nil {
+		problems = append(problems, unjoin(err)...)
+	}
+	for _, e := range problems {
+		errs = append(errs, name+":"+loc.describe(e))
+	}
+	if len(errs) > 0 {
+		return nil, &ConfigError{Problems: errs}
+	}
+	return &cfg, nil
+}
+
+// ConfigError lists every problem found in a configuration, each with its
+// file and line where it has one. It matches ErrConfig with errors.Is.
+type ConfigError struct {
+	Problems []string
+}
+
+func (e *ConfigError) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// Is makes errors.Is(err, ErrConfig) true.
+func (e *ConfigError) Is(target error) bool { return target == ErrConfig }
+
+// problem is a configuration problem tied to a key path ("sign.lifetime",
+// "listener[1].address").
+type problem struct {
+	key, msg string
+}
+
+func (p problem) Error() string { return p.key + ": " + p.msg }
+
+// Check validates the parts of the configuration the policy does not (the
+// policy is checked when it is built with the keyring) and returns every
+// problem.
+func (c *Config) Check() []error {
+	var out []error
+	add := func(key, format string, args ...any) {
+		out = append(out, problem{key, fmt.Sprintf(format, args...)})
+	}
+	if c.Keyring == "" {
+		add("keyring", "must name the keyring file")
+	}
+	if c.KeyringPoll < milter.Duration(100*time.Millisecond) {
+		add("keyring_poll", "%v is too short (at least 100ms)", time.Duration(c.KeyringPoll))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format", "%q: want text or json", c.Log.Format)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		add("log.level", "%v", err)
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := splitHostPort(c.Metrics.Listen); err != nil {
+			add("metrics.listen", "%v", err)
+		}
+	}
+	if c.Limits.MaxConnections < 1 {
+		add("limits.max_connections", "%d: at least 1", c.Limits.MaxConnections)
+	}
+	if c.Limits.IdleTimeout < milter.Duration(time.Minute) {
+		add("limits.idle_timeout", "%v is shorter than a minute, below Postfix's own timeouts", time.Duration(c.Limits.IdleTimeout))
+	}
+	if c.Limits.ShutdownTimeout <= 0 {
+		add("limits.shutdown_timeout", "must be positive")
+	}
+	names := map[string]bool{}
+	addrs := map[string]bool{}
+	for i, l := range c.Listeners {
+		key := fmt.Sprintf("listener[%d]", i)
+		if l.Name == "" {
+			add(key+".name", "must be set")
+		} else if names[l.Name] {
+			add(key+".name", "%q is used twice", l.Name)
+		}
+		names[l.Name] = true
+		checkAddress(key+".address", l.Address, addrs, add)
+		checkSocket(key, l.Address, l.Socket, add)
+		if _, err := parseRoles(l.Roles); err != nil {
+			add(key+".roles", "%v", err)
+		}
+	}
+	if c.Socketmap != nil {
+		checkAddress("socketmap.address", c.Socketmap.Address, addrs, add)
+		checkSocket("socketmap", c.Socketmap.Address, c.Socketmap.Socket, add)
+	}
+	return out
+}
+
+func checkAddress(key, addr string, seen map[string]bool, add func(string, string, ...any)) {
+	network, where, err := ParseAddress(addr)
+	if err != nil {
+		add(key, "%v", err)
+		return
+	}
+	if seen[network+" "+where] {
+		add(key, "%q is used twice", addr)
+	}
+	seen[network+" "+where] = true
+}
+
+func checkSocket(key, addr string, s Socket, add func(string, string, ...any)) {
+	if s.Mode != "" {
+		if _, err := parseMode(s.Mode); err != nil {
+			add(key+".socket_mode", "%v", err)
+		}
+	}
+	if network, _, err := ParseAddress(addr); err == nil && network != "unix" && (s.Group != "" || s.Mode != "") && s.Mode != "0660" {
+		add(key+".socket_mode", "applies to unix sockets only")
+	}
+}
+
+// ParseAddress parses a listener address: "unix:/path" or
+// "inet:HOST:PORT" (Postfix's milter syntax; "inet6:" is accepted too).
+func ParseAddress(addr string) (network, address string, err error) {
+	kind, rest, ok := strings.Cut(addr, ":")
+	switch {
+	case !ok || rest == "":
+		return "", "", fmt.Errorf("%q: want unix:/path or inet:host:port", addr)
+	case kind == "unix":
+		if !strings.HasPrefix(rest, "/") {
+			return "", "", fmt.Errorf("%q: a unix socket path must be absolute", addr)
+		}
+		return "unix", rest, nil
+	case kind == "inet" || kind == "inet6":
+		if _, _, err := splitHostPort(rest); err != nil {
+			return "", "", fmt.Errorf("%q: %v", addr, err)
+		}
+		return "tcp", rest, nil
+	}
+	return "", "", fmt.Errorf("%q: want unix:/path or inet:host:port", addr)
+}
+
+func splitHostPort(s string) (string, int, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return "", 0, fmt.Errorf("%q has no port", s)
+	}
+	host := strings.TrimSuffix(strings.TrimPrefix(s[:i], "["), "]")
+	port, err := strconv.Atoi(s[i+1:])
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("%q: port must be 1-65535", s)
+	}
+	return host, port, nil
+}
+
+func parseMode(s string) (os.FileMode, error) {
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || v > 0o777 {
+		return 0, fmt.Errorf("%q is not an octal mode like 0660", s)
+	}
+	if v&0o007 != 0 {
+		return 0, fmt.Errorf("%q lets every local user talk to the milter; use 0660 with socket_group", s)
+	}
+	return os.FileMode(v), nil
+}
+
+func parseRoles(roles []string) (milter.Roles, error) {
+	var r milter.Roles
+	for _, s := range roles {
+		switch s {
+		case "outbound":
+			r |= milter.Outbound
+		case "inbound":
+			r |= milter.Inbound
+		default:
+			return 0, fmt.Errorf("%q: want outbound or inbound", s)
+		}
+	}
+	if r == 0 {
+		return 0, errors.New("at least one of outbound, inbound")
+	}
+	return r, nil
+}
+
+// locator finds the line of a key in a TOML file, for error messages:
+// BurntSushi/toml does not report positions of keys it decoded.
+type locator struct {
+	lines map[string]int // "table.key" or "table[i].key" -> line
+}
+
+var (
+	tableRe = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]`)
+	arrayRe = regexp.MustCompile(`^\s*\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]`)
+	keyRe   = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+)\s*=`)
+)
+
+func newLocator(data []byte) locator {
+	l := locator{lines: map[string]int{}}
+	prefix := ""
+	arrays := map[string]int{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if m := arrayRe.FindStringSubmatch(line); m != nil {
+			prefix = fmt.Sprintf("%s[%d].", m[1], arrays[m[1]])
+			arrays[m[1]]++
+			l.lines[strings.TrimSuffix(prefix, ".")] = n
+		} else if m := tableRe.FindStringSubmatch(line); m != nil {
+			prefix = m[1] + "."
+			l.lines[m[1]] = n
+		} else if m := keyRe.FindStringSubmatch(line); m != nil {
+			if _, dup := l.lines[prefix+m[1]]; !dup {
+				l.lines[prefix+m[1]] = n
+			}
+		}
+	}
+	return l
+}
+
+// line returns the line of an undecoded key, or 0.
+func (l locator) line(k toml.Key) int {
+	// Undecoded keys of array tables come without an index; take the
+	// first match.
+	s := k.String()
+	if n, ok := l.lines[s]; ok {
+		return n
+	}
+	for key, n := range l.lines {
+		if stripIndexes(key) == s {
+			return n
+		}
+	}
+	return 0
+}
+
+var indexRe = regexp.MustCompile(`\[\d+\]`)
+
+func stripIndexes(s string) string { return indexRe.ReplaceAllString(s, "") }
+
+// describe prefixes a problem with its line, when the key is in the file.
+func (l locator) describe(err error) string {
+	var p problem
+	key, text := "", errorText(err)
+	if errors.As(err, &p) {
+		key = p.key
+	} else if i := strings.IndexAny(text, " :"); i > 0 {
+		key = text[:i]
+	}
+	for k := key; k != ""; {
+		if n, ok := l.lines[k]; ok {
+			return fmt.Sprintf("%d: %s", n, text)
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return " " + text
+}
+
+// unjoin returns the errors inside an errors.Join.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// errorText drops the sentinel prefix of a policy error.
+func errorText(err error) string {
+	return strings.TrimPrefix(err.Error(), milter.ErrConfig.Error()+": ")
+}

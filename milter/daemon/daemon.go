@@ -1,0 +1,580 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/batv/batv/keyring"
+	"github.com/batv/batv/milter"
+	"github.com/batv/batv/milter/socketmap"
+)
+
+// Options are what the command line gives the daemon beside the file.
+type Options struct {
+	// ConfigPath is the configuration file, or "" for the embedded
+	// default (DefaultConfig with Domains).
+	ConfigPath string
+	// Domains are signed and verified when there is no file; with a file
+	// they are added to both lists.
+	Domains []string
+	// Keyring overrides the keyring path of the configuration.
+	Keyring string
+	// Stderr receives the log.
+	Stderr io.Writer
+	// Now returns the time; nil means time.Now. For tests.
+	Now func() time.Time
+	// Reload and Stop are signalled by the caller: each receive on Reload
+	// reloads; Stop's first receive shuts down gracefully, a second one
+	// forces the exit.
+	Reload <-chan struct{}
+	Stop   <-chan struct{}
+	// Ready, if set, is called with the daemon once it serves.
+	Ready func(*Daemon)
+}
+
+// Daemon is a running batv daemon.
+type Daemon struct {
+	opts     Options
+	log      *slog.Logger
+	level    slog.LevelVar
+	state    atomic.Pointer[state]
+	keys     *keyring.Watcher
+	metrics  *daemonMetrics
+	registry *prometheus.Registry
+
+	milters   []*milter.Server
+	socketmap *socketmap.Server
+	closers   []func()
+
+	reloadMu sync.Mutex
+}
+
+// state is everything a decision is made with; replaced as a whole.
+type state struct {
+	cfg    *Config
+	policy *milter.Policy
+}
+
+// Run loads the configuration and keyring, serves until Stop, and returns
+// nil after a graceful shutdown. A configuration or keyring problem at
+// start is returned wrapping ErrConfig or a keyring error.
+func Run(opts Options) error {
+	d := &Daemon{opts: opts}
+	if d.opts.Stderr == nil {
+		d.opts.Stderr = os.Stderr
+	}
+	cfg, err := d.loadConfig()
+	if err != nil {
+		return err
+	}
+	d.setLogger(cfg)
+	log.SetFlags(0)
+	log.SetOutput(milter.RedirectGoMilterLog(d.log))
+
+	if err := d.openKeyring(cfg); err != nil {
+		return err
+	}
+	st, err := d.buildState(cfg)
+	if err != nil {
+		return err
+	}
+	d.state.Store(st)
+	d.registry = prometheus.NewRegistry()
+	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.metrics = newDaemonMetrics(d.registry, d)
+	mm := milter.NewMetrics(d.registry)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := d.listen(cfg, mm); err != nil {
+		d.closeAll()
+		return err
+	}
+	go d.keys.Run(ctx, time.Duration(cfg.KeyringPoll))
+	d.log.Info("batv started", "config", d.configName(), "keyring", cfg.Keyring,
+		"listeners", len(cfg.Listeners), "socketmap", cfg.Socketmap != nil,
+		"grace_until", st.policy.GraceUntil().UTC().Format(time.RFC3339))
+	d.logKeyring()
+	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	if opts.Ready != nil {
+		opts.Ready(d)
+	}
+
+	for {
+		select {
+		case <-opts.Reload:
+			d.Reload()
+		case <-opts.Stop:
+			return d.shutdown(cfg)
+		}
+	}
+}
+
+func (d *Daemon) configName() string {
+	if d.opts.ConfigPath == "" {
+		return "(embedded default)"
+	}
+	return d.opts.ConfigPath
+}
+
+func (d *Daemon) now() time.Time {
+	if d.opts.Now != nil {
+		return d.opts.Now()
+	}
+	return time.Now()
+}
+
+// loadConfig reads the file (or takes the embedded default) and applies
+// the command-line overrides.
+func (d *Daemon) loadConfig() (*Config, error) {
+	var cfg *Config
+	if d.opts.ConfigPath == "" {
+		c := DefaultConfig(d.opts.Domains...)
+		cfg = &c
+		if len(d.opts.Domains) == 0 {
+			return nil, fmt.Errorf("%w: without a configuration file, give the mail domains to sign and verify (--domain)", ErrConfig)
+		}
+	} else {
+		var err error
+		if cfg, err = LoadConfig(d.opts.ConfigPath); err != nil {
+			return nil, err
+		}
+		cfg.Sign.Domains = append(cfg.Sign.Domains, d.opts.Domains...)
+		if len(cfg.Verify.Domains) > 0 {
+			cfg.Verify.Domains = append(cfg.Verify.Domains, d.opts.Domains...)
+		}
+	}
+	if d.opts.Keyring != "" {
+		cfg.Keyring = d.opts.Keyring
+	}
+	if problems := cfg.Check(); len(problems) > 0 {
+		ce := &ConfigError{}
+		for _, p := range problems {
+			ce.Problems = append(ce.Problems, p.Error())
+		}
+		return nil, ce
+	}
+	if len(cfg.Sign.Domains) == 0 && len(cfg.Verify.Domains) == 0 {
+		return nil, fmt.Errorf("%w: no domains to sign or verify (sign.domains, verify.domains or --domain)", ErrConfig)
+	}
+	return cfg, nil
+}
+
+func (d *Daemon) setLogger(cfg *Config) {
+	lvl, _ := parseLevel(cfg.Log.Level)
+	d.level.Set(lvl)
+	hopts := &slog.HandlerOptions{Level: &d.level}
+	var h slog.Handler = slog.NewTextHandler(d.opts.Stderr, hopts)
+	if cfg.Log.Format == "json" {
+		h = slog.NewJSONHandler(d.opts.Stderr, hopts)
+	}
+	d.log = slog.New(h)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil || strings.ContainsAny(s, "+-") {
+		return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// openKeyring loads the keyring, creating it first when configured to and
+// it does not exist.
+func (d *Daemon) openKeyring(cfg *Config) error {
+	if cfg.CreateKeyring {
+		if _, err := os.Stat(cfg.Keyring); errors.Is(err, fs.ErrNotExist) {
+			if err := os.MkdirAll(filepath.Dir(cfg.Keyring), 0o700); err != nil {
+				return fmt.Errorf("creating the keyring directory: %w", err)
+			}
+			opts := keyring.DefaultOptions()
+			opts.MaxLifetimeDays = maxLifetime(cfg)
+			if _, err := keyring.Create(cfg.Keyring, d.now(), rand.Reader, opts); err != nil {
+				return err
+			}
+			d.log.Info("keyring created with one signing key", "keyring", cfg.Keyring)
+		}
+	}
+	w, err := keyring.NewWatcher(cfg.Keyring, d.keyringChanged)
+	if err != nil {
+		return err
+	}
+	d.keys = w
+	return nil
+}
+
+func maxLifetime(cfg *Config) int {
+	return max(cfg.Sign.Lifetime, cfg.Verify.MaxLifetime)
+}
+
+// buildState compiles the policy of cfg with the current keyring.
+func (d *Daemon) buildState(cfg *Config) (*state, error) {
+	kr := d.keys.Current()
+	p, err := newPolicy(cfg, kr)
+	if err != nil {
+		return nil, err
+	}
+	return &state{cfg: cfg, policy: p}, nil
+}
+
+// Reload rereads the configuration file and the keyring and swaps them in
+// together; on any error the running state stays and the error is logged.
+// Messages in flight finish with the state they started with.
+func (d *Daemon) Reload() error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	_, _ = sddaemon.SdNotify(false, reloadingState())
+	defer sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+
+	old := d.state.Load()
+	cfg, err := d.loadConfig()
+	if err == nil {
+		err = d.keys.Reload()
+	}
+	var st *state
+	if err == nil {
+		st, err = d.buildState(cfg)
+	}
+	if err != nil {
+		d.metrics.reload("config", false)
+		d.log.Error("reload failed: the running configuration and keyring stay in force", "err", err)
+		return err
+	}
+	if restart := listenersChanged(old.cfg, cfg); restart != "" {
+		d.log.Warn("reload: listener changes take effect at the next restart", "changed", restart)
+	}
+	d.state.Store(st)
+	lvl, _ := parseLevel(cfg.Log.Level)
+	d.level.Set(lvl)
+	d.metrics.reload("config", true)
+	d.log.Info("reloaded", "config", d.configName(), "keyring", cfg.Keyring)
+	d.logKeyring()
+	return nil
+}
+
+// keyringChanged is the keyring watcher's report of a changed file.
+func (d *Daemon) keyringChanged(err error) {
+	if err != nil {
+		d.metrics.reload("keyring", false)
+		d.log.Error("keyring changed but cannot be used: the previous keys stay in force", "err", err)
+		return
+	}
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	old := d.state.Load()
+	st, err := d.buildState(old.cfg)
+	if err != nil {
+		d.metrics.reload("keyring", false)
+		d.log.Error("keyring changed but cannot be used: the previous keys stay in force", "err", err)
+		return
+	}
+	d.state.Store(st)
+	d.metrics.reload("keyring", true)
+	d.log.Info("keyring reloaded")
+	d.logKeyring()
+}
+
+func (d *Daemon) logKeyring() {
+	kr := d.keys.Current()
+	now := d.now()
+	id, ok := kr.SigningKeyID(now)
+	attrs := []any{"keys", len(kr.Keys(now)), "signing_key_id", id, "has_signing_key", ok}
+	if next, ok := kr.NextChange(now); ok {
+		attrs = append(attrs, "next_signing_change", next.UTC().Format(time.RFC3339))
+	}
+	d.log.Info("keyring state", attrs...)
+	for _, w := range kr.Warnings(now) {
+		d.log.Warn("keyring: " + w)
+	}
+}
+
+func listenersChanged(a, b *Config) string {
+	var changed []string
+	if fmt.Sprint(a.Listeners) != fmt.Sprint(b.Listeners) {
+		changed = append(changed, "listener")
+	}
+	if fmt.Sprint(a.Socketmap) != fmt.Sprint(b.Socketmap) {
+		changed = append(changed, "socketmap")
+	}
+	if a.Metrics != b.Metrics {
+		changed = append(changed, "metrics")
+	}
+	if a.Limits != b.Limits {
+		changed = append(changed, "limits")
+	}
+	if a.Log.Format != b.Log.Format {
+		changed = append(changed, "log.format")
+	}
+	if a.Keyring != b.Keyring || a.KeyringPoll != b.KeyringPoll {
+		changed = append(changed, "keyring path or poll interval")
+	}
+	return strings.Join(changed, ", ")
+}
+
+func reloadingState() string {
+	return "RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10)
+}
+
+// listen opens every listener and starts serving.
+func (d *Daemon) listen(cfg *Config, mm *milter.Metrics) error {
+	policy := func() *milter.Policy { return d.state.Load().policy }
+	for _, l := range cfg.Listeners {
+		roles, _ := parseRoles(l.Roles)
+		ln, err := openListener(l.Address, l.Socket)
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		srv := &milter.Server{
+			Name: l.Name, Roles: roles, Policy: policy, Logger: d.log, Metrics: mm,
+			MaxConns: cfg.Limits.MaxConnections, IdleTimeout: time.Duration(cfg.Limits.IdleTimeout), Now: d.opts.Now,
+		}
+		d.milters = append(d.milters, srv)
+		d.closers = append(d.closers, func() { ln.Close() })
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, milter.ErrServerClosed) {
+				d.log.Error("listener stopped", "listener", l.Name, "err", err)
+			}
+		}()
+		d.log.Info("listening", "listener", l.Name, "address", l.Address, "roles", roles.String())
+	}
+	if sm := cfg.Socketmap; sm != nil {
+		ln, err := openListener(sm.Address, sm.Socket)
+		if err != nil {
+			return fmt.Errorf("socketmap: %w", err)
+		}
+		d.socketmap = &socketmap.Server{
+			Handler:     socketmap.HandlerFunc(d.lookup(mm)),
+			IdleTimeout: time.Duration(cfg.Limits.IdleTimeout),
+			Logger:      d.log,
+		}
+		d.closers = append(d.closers, func() { ln.Close() })
+		go func() {
+			if err := d.socketmap.Serve(ln); err != nil && !errors.Is(err, socketmap.ErrServerClosed) {
+				d.log.Error("socketmap stopped", "err", err)
+			}
+		}()
+		d.log.Info("listening", "listener", "socketmap", "address", sm.Address)
+	}
+	if cfg.Metrics.Listen != "" {
+		if err := d.serveMetrics(cfg.Metrics.Listen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookup answers Postfix's socketmap queries with the current policy.
+func (d *Daemon) lookup(mm *milter.Metrics) func(context.Context, string, string) socketmap.Reply {
+	return func(_ context.Context, name, key string) socketmap.Reply {
+		v, ok, err := d.state.Load().policy.Lookup(name, key, d.now())
+		switch {
+		case err != nil:
+			mm.Lookup(name, "error")
+			d.log.Warn("socketmap lookup refused", "map", name, "err", err)
+			return socketmap.Perm(err.Error())
+		case ok:
+			mm.Lookup(name, "found")
+			d.log.Debug("socketmap lookup", "map", name, "key", key, "value", v)
+			return socketmap.OK(v)
+		}
+		mm.Lookup(name, "notfound")
+		return socketmap.NotFound()
+	}
+}
+
+func (d *Daemon) serveMetrics(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", d.health)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	d.closers = append(d.closers, func() { srv.Close() })
+	go srv.Serve(ln)
+	d.log.Info("metrics listening", "address", ln.Addr().String())
+	return nil
+}
+
+// health answers 200 when the daemon can sign and verify, 503 otherwise.
+func (d *Daemon) health(w http.ResponseWriter, _ *http.Request) {
+	kr := d.keys.Current()
+	if _, ok := kr.SigningKeyID(d.now()); !ok {
+		http.Error(w, "no signing key in the keyring", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// shutdown stops the listeners and drains; a second Stop forces it.
+func (d *Daemon) shutdown(cfg *Config) error {
+	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	timeout := time.Duration(cfg.Limits.ShutdownTimeout)
+	d.log.Info("shutting down: finishing messages in flight", "timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-d.opts.Stop:
+			d.log.Warn("second stop signal: closing all connections now")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var wg sync.WaitGroup
+	for _, m := range d.milters {
+		wg.Go(func() { _ = m.Shutdown(ctx) })
+	}
+	if d.socketmap != nil {
+		wg.Go(func() { _ = d.socketmap.Shutdown(ctx) })
+	}
+	wg.Wait()
+	d.closeAll()
+	d.log.Info("stopped")
+	return nil
+}
+
+func (d *Daemon) closeAll() {
+	for _, c := range d.closers {
+		c()
+	}
+}
+
+// openListener listens on a "unix:" or "inet:" address. A unix socket left
+// by a dead process is removed; one a live process answers on is an error,
+// and so is any other file at the path.
+func openListener(addr string, s Socket) (net.Listener, error) {
+	network, where, err := ParseAddress(addr)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		if err := removeStaleSocket(where); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen(network, where)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		ln.(*net.UnixListener).SetUnlinkOnClose(true)
+		if err := setSocketAccess(where, s); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	return ln, nil
+}
+
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&fs.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket: not removing it", path)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("%s: another process is listening on it (is batv already running?)", path)
+	}
+	return os.Remove(path)
+}
+
+func setSocketAccess(path string, s Socket) error {
+	if s.Group != "" {
+		gid, err := lookupGroup(s.Group)
+		if err != nil {
+			return err
+		}
+		if err := os.Chown(path, -1, gid); err != nil {
+			return fmt.Errorf("socket_group %s: %w", s.Group, err)
+		}
+	}
+	mode := os.FileMode(0o660)
+	if s.Mode != "" {
+		m, err := parseMode(s.Mode)
+		if err != nil {
+			return err
+		}
+		mode = m
+	}
+	return os.Chmod(path, mode)
+}
+
+func lookupGroup(name string) (int, error) {
+	if gid, err := strconv.Atoi(name); err == nil {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("socket_group: %w", err)
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+// Checked is what Check built: the configuration, the keyring and the
+// policy the daemon would run with.
+type Checked struct {
+	Config  *Config
+	Keyring *keyring.Keyring
+	Policy  *milter.Policy
+}
+
+// Check does everything Run does before it listens: it reads and checks
+// the configuration, loads the keyring and builds the policy. It returns
+// every configuration problem at once (wrapping ErrConfig), or the
+// keyring's error. It does not create a missing keyring.
+func Check(opts Options) (*Checked, error) {
+	d := &Daemon{opts: opts}
+	cfg, err := d.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	kr, err := keyring.Load(cfg.Keyring)
+	if err != nil {
+		return nil, err
+	}
+	p, err := newPolicy(cfg, kr)
+	if err != nil {
+		return nil, err
+	}
+	return &Checked{Config: cfg, Keyring: kr, Policy: p}, nil
+}
+
+// newPolicy builds the policy of cfg with keyring kr, after checking that
+// the keyring keeps keys long enough for the lifetimes cfg uses.
+func newPolicy(cfg *Config, kr *keyring.Keyring) (*milter.Policy, error) {
+	if need := maxLifetime(cfg); need > kr.MaxLifetimeDays() {
+		return nil, fmt.Errorf("%w: the configuration signs or verifies tags of %d days but the keyring %s retires keys for tags of %d days: raise the keyring's max_lifetime_days or lower sign.lifetime and verify.max_lifetime",
+			ErrConfig, need, cfg.Keyring, kr.MaxLifetimeDays())
+	}
+	return milter.NewPolicy(cfg.Config, kr, kr.Created())
+}

@@ -1,0 +1,456 @@
+// Package e2e tests the batv binary with a real Postfix: a private instance
+// on loopback with recipient validation on, configured as docs/postfix.md
+// says, delivering to an SMTP sink the test controls.
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/batv/batv/milter/internal/postfixtest"
+)
+
+var batvBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "batv-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	batvBin = filepath.Join(dir, "batv")
+	build := exec.Command("go", "build", "-o", batvBin, "github.com/batv/batv/cmd/batv")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building batv:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// site is a Postfix instance with batv in front of it.
+type site struct {
+	t       *testing.T
+	pf      *postfixtest.Instance
+	dir     string // sockets, keyring, configuration
+	keyring string
+	config  string
+	daemon  *daemon
+}
+
+const (
+	user     = "alice@example.com"
+	password = "alice-secret"
+)
+
+// newSite starts batv and a Postfix configured for it; action is
+// milter_default_action.
+func newSite(t *testing.T, action string) *site {
+	t.Helper()
+	s := &site{t: t, dir: postfixtest.TempDir(t)}
+	s.keyring = filepath.Join(s.dir, "keyring.json")
+	// The keyring dates from a month ago, so tests can sign as on past days.
+	s.batv("keys", "--at", time.Now().UTC().AddDate(0, -1, 0).Format(time.RFC3339), "init", "--keyring", s.keyring)
+
+	recipients := filepath.Join(s.dir, "relay_recipients")
+	if err := os.WriteFile(recipients, []byte("alice@example.com x\nbob@example.com x\npostmaster@example.com x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Postfix reaches the sockets by paths relative to its queue
+	// directory, as docs/postfix.md says: they work whether its daemons
+	// run chrooted or not.
+	const milterRef, mapRef = "unix:batv/milter.sock", "socketmap:unix:batv/map.sock"
+	s.pf = postfixtest.Start(t, postfixtest.Options{
+		Recipients: []string{"alice@example.com", "bob@example.com", "postmaster@example.com"},
+		Users:      map[string]string{"alice": password},
+		Main: map[string]string{
+			"smtpd_milters":         milterRef,
+			"non_smtpd_milters":     milterRef,
+			"milter_default_action": action,
+			"milter_protocol":       "6",
+			// A tagged recipient is known when its untagged address is.
+			"relay_recipient_maps": fmt.Sprintf("texthash:%s, pipemap:{%s:strip, texthash:%s}", recipients, mapRef, recipients),
+		},
+		// Bounces Postfix makes itself go through a cleanup that removes
+		// valid tags, so they reach the real mailbox.
+		ServiceOptions: map[string]map[string]string{
+			"bounce": {"cleanup_service_name": "batvcleanup"},
+			"defer":  {"cleanup_service_name": "batvcleanup"},
+			"trace":  {"cleanup_service_name": "batvcleanup"},
+		},
+		MasterExtra: []string{
+			"batvcleanup unix n - n - 0 cleanup",
+			"  -o syslog_name=postfix/batvcleanup",
+			"  -o recipient_canonical_maps=" + mapRef + ":untag",
+			"  -o recipient_canonical_classes=envelope_recipient",
+		},
+	})
+
+	sockDir := filepath.Join(s.pf.QueueDir(), "batv")
+	if err := os.Mkdir(sockDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(sockDir, 0, s.pf.PostfixGID()); err != nil {
+		t.Fatal(err)
+	}
+	milterSock, mapSock := filepath.Join(sockDir, "milter.sock"), filepath.Join(sockDir, "map.sock")
+	s.config = filepath.Join(s.dir, "batv.toml")
+	writeFile(t, s.config, fmt.Sprintf(`
+keyring = %q
+
+[log]
+level = "debug"
+
+[[listener]]
+name = "milter"
+address = "unix:%s"
+roles = ["outbound", "inbound"]
+socket_group = "postfix"
+socket_mode = "0660"
+
+[socketmap]
+address = "unix:%s"
+socket_group = "postfix"
+socket_mode = "0660"
+
+[sign]
+domains = ["example.com"]
+# Every test client connects from 127.0.0.1: only AUTH and local
+# submission count as ours here.
+internal_networks = []
+
+[verify]
+# The keyring is new: end the grace period for untagged bounces now.
+grace_until = 2000-01-01T00:00:00Z
+`, s.keyring, milterSock, mapSock))
+	s.daemon = startDaemon(t, s.config, milterSock, mapSock)
+	return s
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// batv runs the binary and returns its stdout; it fails the test on a
+// non-zero exit.
+func (s *site) batv(args ...string) string {
+	s.t.Helper()
+	out, code := s.batvCode(args...)
+	if code != 0 {
+		s.t.Fatalf("batv %v: exit %d: %s", args, code, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+func (s *site) batvCode(args ...string) (string, int) {
+	s.t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(batvBin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return stdout.String() + stderr.String(), ee.ExitCode()
+	}
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return stdout.String(), 0
+}
+
+// sign returns addr signed with the site's keyring, daysAgo days ago.
+func (s *site) sign(addr string, daysAgo int) string {
+	s.t.Helper()
+	at := time.Now().UTC().AddDate(0, 0, -daysAgo).Format(time.DateOnly)
+	return s.batv("sign", "--keyring", s.keyring, "--at", at, addr)
+}
+
+// daemon is a running "batv milter".
+type daemon struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	log  bytes.Buffer
+	done chan error
+}
+
+func (d *daemon) Write(p []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.log.Write(p)
+}
+
+func (d *daemon) Log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.log.String()
+}
+
+func startDaemon(t *testing.T, config string, sockets ...string) *daemon {
+	t.Helper()
+	d := &daemon{done: make(chan error, 1)}
+	d.cmd = exec.Command(batvBin, "milter", "--config", config)
+	d.cmd.Stdout, d.cmd.Stderr = d, d
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.stop(t)
+		if t.Failed() {
+			t.Logf("batv log:\n%s", d.Log())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for _, sock := range sockets {
+		for {
+			if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 && strings.Contains(d.Log(), "batv started") {
+				break
+			}
+			select {
+			case err := <-d.done:
+				t.Fatalf("batv exited: %v\n%s", err, d.Log())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("batv did not start:\n%s", d.Log())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return d
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemon) stop(t *testing.T) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Errorf("batv exited with %v", err)
+		}
+	case <-time.After(40 * time.Second):
+		d.cmd.Process.Kill()
+		t.Errorf("batv did not stop within 40s of SIGTERM")
+	}
+}
+
+func message(from, to, subject string) []byte {
+	return []byte("From: <" + from + ">\r\nTo: <" + to + ">\r\nSubject: " + subject + "\r\n\r\nTest message.\r\n")
+}
+
+const wait = 30 * time.Second
+
+func TestPostfixEndToEnd(t *testing.T) {
+	s := newSite(t, "accept")
+	pf := s.pf
+
+	t.Run("1 authenticated submission is signed", func(t *testing.T) {
+		res, err := pf.Submit("alice", password, user, []string{"carol@remote.test"}, message(user, "carol@remote.test", "signed"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("submit: %v %v", res, err)
+		}
+		m := pf.WaitMessage(t, wait, postfixtest.ToRcpt("carol@remote.test"))
+		if !strings.HasPrefix(m.From, "prvs=") || !strings.HasSuffix(m.From, "="+user) {
+			t.Fatalf("envelope sender %q is not tagged", m.From)
+		}
+		if out := s.batv("verify", "--keyring", s.keyring, m.From); out != "valid "+user {
+			t.Fatalf("batv verify %s: %q", m.From, out)
+		}
+	})
+
+	t.Run("1 mail from an unauthenticated outside client is not signed", func(t *testing.T) {
+		res, err := pf.SendMX(user, []string{"bob@example.com"}, message(user, "bob@example.com", "outsider"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("send: %v %v", res, err)
+		}
+		m := pf.WaitMessage(t, wait, postfixtest.ToRcpt("bob@example.com"))
+		if m.From != user {
+			t.Fatalf("envelope sender %q, want %q unchanged", m.From, user)
+		}
+	})
+
+	t.Run("local submission with sendmail is signed", func(t *testing.T) {
+		if err := pf.Sendmail(user, []string{"dave@remote.test"}, message(user, "dave@remote.test", "local")); err != nil {
+			t.Fatal(err)
+		}
+		m := pf.WaitMessage(t, wait, postfixtest.ToRcpt("dave@remote.test"))
+		if out, code := s.batvCode("verify", "--keyring", s.keyring, m.From); code != 0 {
+			t.Fatalf("sender %q: %s", m.From, out)
+		}
+	})
+
+	t.Run("2 bounce to a valid tag is delivered untagged", func(t *testing.T) {
+		tagged := s.sign(user, 1)
+		res, err := pf.SendMX("", []string{tagged}, message("MAILER-DAEMON@remote.test", tagged, "bounce valid"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("send: %v %v", res, err)
+		}
+		m := pf.WaitMessage(t, wait, postfixtest.All(postfixtest.FromSender(""), func(m postfixtest.Message) bool {
+			return strings.Contains(string(m.Data), "bounce valid")
+		}))
+		if len(m.Rcpts) != 1 || m.Rcpts[0] != user {
+			t.Fatalf("delivered to %v, want [%s]", m.Rcpts, user)
+		}
+	})
+
+	t.Run("3 forged, expired and untagged bounces are refused at RCPT", func(t *testing.T) {
+		valid := s.sign(user, 1)
+		forged := valid[:9] + flip(valid[9:15]) + valid[15:]
+		for _, tt := range []struct{ rcpt, text string }{
+			{forged, "550 5.7.1 Bounce refused: the recipient address tag is not valid (BATV)"},
+			{s.sign(user, 9), "550 5.7.1 Bounce refused: the recipient address tag is expired (BATV)"},
+			{user, "550 5.7.1 Bounce refused: this address sends only tagged mail"},
+		} {
+			res, err := pf.SendMX("", []string{tt.rcpt}, message("MAILER-DAEMON@remote.test", tt.rcpt, "bounce refused"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := res.Rcpt(tt.rcpt)
+			if r == nil || !strings.HasPrefix(r.String(), tt.text) || res.Accepted() {
+				t.Errorf("RCPT %s: %v, want %q", tt.rcpt, r, tt.text)
+			}
+		}
+	})
+
+	t.Run("4 an unknown user is refused as unknown, tagged or not", func(t *testing.T) {
+		for _, rcpt := range []string{"nobody@example.com", s.sign("nobody@example.com", 1)} {
+			res, err := pf.SendMX("", []string{rcpt}, message("MAILER-DAEMON@remote.test", rcpt, "unknown"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := res.Rcpt(rcpt)
+			if r == nil || r.Code != 550 || r.Enhanced != "5.1.1" || !strings.Contains(r.Text, "User unknown") {
+				t.Errorf("RCPT %s: %v, want 550 5.1.1 User unknown", rcpt, r)
+			}
+		}
+	})
+
+	t.Run("5 a bounce Postfix makes for a signed message reaches the sender", func(t *testing.T) {
+		pf.Sink().Refuse("nosuch@remote.test")
+		res, err := pf.Submit("alice", password, user, []string{"nosuch@remote.test"}, message(user, "nosuch@remote.test", "will bounce"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("submit: %v %v", res, err)
+		}
+		m := pf.WaitMessage(t, wait, postfixtest.All(postfixtest.FromSender(""), postfixtest.ToRcpt(user), func(m postfixtest.Message) bool {
+			return strings.Contains(string(m.Data), "will bounce")
+		}))
+		if len(m.Rcpts) != 1 {
+			t.Fatalf("bounce recipients %v", m.Rcpts)
+		}
+	})
+
+	t.Run("6 postmaster accepts an untagged bounce", func(t *testing.T) {
+		res, err := pf.SendMX("", []string{"postmaster@example.com"}, message("MAILER-DAEMON@remote.test", "postmaster@example.com", "to postmaster"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("send: %v %v", res, err)
+		}
+		pf.WaitMessage(t, wait, postfixtest.ToRcpt("postmaster@example.com"))
+	})
+
+	t.Run("a multi-recipient bounce is decided per recipient", func(t *testing.T) {
+		valid := s.sign("bob@example.com", 2)
+		forged := s.sign(user, 2)
+		forged = forged[:9] + flip(forged[9:15]) + forged[15:]
+		res, err := pf.SendMX("", []string{forged, valid}, message("MAILER-DAEMON@remote.test", valid, "two recipients"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := res.Rcpt(forged); r == nil || r.Code != 550 {
+			t.Fatalf("forged recipient: %v", r)
+		}
+		if r := res.Rcpt(valid); r == nil || r.Code != 250 || !res.Accepted() {
+			t.Fatalf("valid recipient: %v / %v", r, res)
+		}
+		m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "two recipients") })
+		if len(m.Rcpts) != 1 || m.Rcpts[0] != "bob@example.com" {
+			t.Fatalf("delivered to %v, want [bob@example.com]", m.Rcpts)
+		}
+	})
+
+	t.Run("a reply to the Return-Path is delivered untagged", func(t *testing.T) {
+		tagged := s.sign(user, 20) // long expired: replies only need the MAC
+		res, err := pf.SendMX("carol@remote.test", []string{tagged}, message("carol@remote.test", tagged, "auto-reply"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("send: %v %v", res, err)
+		}
+		m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "auto-reply") })
+		if len(m.Rcpts) != 1 || m.Rcpts[0] != user {
+			t.Fatalf("delivered to %v, want [%s]", m.Rcpts, user)
+		}
+	})
+
+	t.Run("7 milter stopped: milter_default_action=accept loses nothing", func(t *testing.T) {
+		tagged := s.sign(user, 1)
+		s.daemon.stop(t)
+		// Without the lookup table a tagged recipient cannot be validated:
+		// Postfix answers 4xx and the sender retries.
+		res, err := pf.SendMX("", []string{tagged}, message("MAILER-DAEMON@remote.test", tagged, "bounce while down"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("tagged recipient with batv down: %v", res.Rcpt(tagged))
+		if r := res.Rcpt(tagged); r == nil || r.Code/100 != 4 || res.Accepted() {
+			t.Fatalf("tagged recipient with batv down: %v, want 4xx", r)
+		}
+		res, err = pf.SendMX("carol@remote.test", []string{"bob@example.com"}, message("carol@remote.test", "bob@example.com", "milter down, inbound"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("inbound with the milter down: %v %v", res, err)
+		}
+		pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "milter down, inbound") })
+		res, err = pf.Submit("alice", password, user, []string{"carol@remote.test"}, message(user, "carol@remote.test", "milter down, outbound"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("submission with the milter down: %v %v", res, err)
+		}
+		m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "milter down, outbound") })
+		if m.From != user {
+			t.Fatalf("sender %q: with the milter down mail goes out unsigned", m.From)
+		}
+	})
+}
+
+func TestPostfixMilterDownTempfail(t *testing.T) {
+	s := newSite(t, "tempfail")
+	s.daemon.stop(t)
+	res, err := s.pf.SendMX("carol@remote.test", []string{"bob@example.com"}, message("carol@remote.test", "bob@example.com", "retry me"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Accepted() || res.Mail == nil || res.Mail.Code != 451 {
+		t.Fatalf("with the milter down and tempfail: %v, want 451 at MAIL", res)
+	}
+	if q, err := s.pf.Queue(); err != nil || len(q) != 0 {
+		t.Fatalf("queue %v %v: nothing may be queued", q, err)
+	}
+	// The sender retries once batv is back: the mail is delivered.
+	s.daemon = startDaemon(t, s.config, filepath.Join(s.pf.QueueDir(), "batv", "milter.sock"))
+	res, err = s.pf.SendMX("carol@remote.test", []string{"bob@example.com"}, message("carol@remote.test", "bob@example.com", "retry me"))
+	if err != nil || !res.Accepted() {
+		t.Fatalf("retry: %v %v", res, err)
+	}
+	s.pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "retry me") })
+}
+
+func flip(hex string) string {
+	b := []byte(hex)
+	if b[len(b)-1] == '0' {
+		b[len(b)-1] = '1'
+	} else {
+		b[len(b)-1] = '0'
+	}
+	return string(b)
+}

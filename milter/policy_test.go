@@ -1,0 +1,302 @@
+package milter
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/batv/batv/batv"
+)
+
+var (
+	testKeys = batv.SingleKey{ID: 4, Secret: []byte("milter test key, 32 bytes long!!")}
+	// testNow is 2026-11-28 10:00 UTC; the keyring was created long before,
+	// so the grace period is over unless a test says otherwise.
+	testNow     = time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
+	testCreated = testNow.Add(-365 * 24 * time.Hour)
+)
+
+func testPolicy(t testing.TB, mod func(*Config)) *Policy {
+	t.Helper()
+	cfg := DefaultConfig("example.com", "example.net")
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := NewPolicy(cfg, testKeys, testCreated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// tag signs addr with the test key, daysAgo days before testNow.
+func tag(t testing.TB, addr string, daysAgo int) string {
+	t.Helper()
+	s := batv.Signer{Keys: testKeys, Now: func() time.Time { return testNow.Add(-time.Duration(daysAgo) * 24 * time.Hour) }}
+	r, err := s.Sign(addr)
+	if err != nil || r.Skip != batv.NotSkipped {
+		t.Fatalf("sign %q: %v %v", addr, r.Skip, err)
+	}
+	return r.Address
+}
+
+// forge changes the last hex digit of a tag.
+func forge(tagged string) string {
+	b := []byte(tagged)
+	if b[14] == '0' {
+		b[14] = '1'
+	} else {
+		b[14] = '0'
+	}
+	return string(b)
+}
+
+var (
+	mxClient       = Conn{Addr: netip.MustParseAddr("192.0.2.25"), DaemonName: "smtpd"}
+	internalClient = Conn{Addr: netip.MustParseAddr("127.0.0.1"), DaemonName: "smtpd"}
+	partnerClient  = Conn{Addr: netip.MustParseAddr("198.51.100.7"), DaemonName: "smtpd"}
+)
+
+func TestRecipientDecisions(t *testing.T) {
+	valid := tag(t, "user@example.com", 1)
+	expired := tag(t, "user@example.com", 8)
+	lastDay := tag(t, "user@example.com", 7)
+	tests := []struct {
+		name    string
+		mod     func(*Config)
+		env     Envelope
+		rcpt    string
+		action  Action
+		outcome string
+		rewrite string
+		reply   string // prefix
+		mark    string // prefix
+	}{
+		{name: "bounce to valid tag", rcpt: valid, action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
+		{name: "bounce to tag on its last day", rcpt: lastDay, action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
+		{name: "bounce to expired tag", rcpt: expired, action: ActReject, outcome: "expired", reply: "550 5.7.1 Bounce refused: the recipient address tag is expired"},
+		{name: "bounce to forged tag", rcpt: forge(valid), action: ActReject, outcome: "bad-signature", reply: "550 5.7.1 Bounce refused: the recipient address tag is not valid"},
+		{name: "bounce to unknown key", rcpt: "prvs=5" + valid[6:], action: ActReject, outcome: "unknown-key", reply: "550 5.7.1"},
+		{name: "bounce to malformed tag", rcpt: "prvs=4xyz=user@example.com", action: ActReject, outcome: "malformed", reply: "550 5.7.1"},
+		{name: "bounce to untagged: reject", rcpt: "user@example.com", action: ActReject, outcome: "missing", reply: "550 5.7.1 Bounce refused: this address sends only tagged mail"},
+		{name: "bounce to untagged: tempfail", mod: func(c *Config) { c.Verify.UntaggedBounce = "tempfail" },
+			rcpt: "user@example.com", action: ActTempfail, outcome: "missing", reply: "451 4.7.1"},
+		{name: "bounce to untagged: quarantine", mod: func(c *Config) { c.Verify.UntaggedBounce = "quarantine" },
+			rcpt: "user@example.com", action: ActQuarantine, outcome: "missing", mark: "untagged; rcpt=<user@example.com>"},
+		{name: "bounce to untagged: tag", mod: func(c *Config) { c.Verify.UntaggedBounce = "tag" },
+			rcpt: "user@example.com", action: ActTag, outcome: "missing", mark: "untagged"},
+		{name: "bounce to untagged: off", mod: func(c *Config) { c.Verify.UntaggedBounce = "off" },
+			rcpt: "user@example.com", action: ActOff, outcome: "missing"},
+		{name: "bounce to untagged in grace period", mod: func(c *Config) { c.Verify.GraceUntil = testNow.Add(time.Hour) },
+			rcpt: "user@example.com", action: ActGrace, outcome: "missing"},
+		{name: "forged tag in grace period still refused", mod: func(c *Config) { c.Verify.GraceUntil = testNow.Add(time.Hour) },
+			rcpt: forge(valid), action: ActReject, outcome: "bad-signature", reply: "550 5.7.1"},
+		{name: "bounce to postmaster", rcpt: "postmaster@example.com", action: ActExempt, outcome: "missing"},
+		{name: "bounce to Abuse", rcpt: "Abuse@example.net", action: ActExempt, outcome: "missing"},
+		{name: "bounce to configured exempt address", mod: func(c *Config) { c.Verify.ExemptRecipients = []string{"noc@example.com"} },
+			rcpt: "NOC@example.com", action: ActExempt, outcome: "missing"},
+		{name: "bounce to configured exempt local part", mod: func(c *Config) { c.Verify.ExemptRecipients = []string{"hostmaster"} },
+			rcpt: "hostmaster@example.net", action: ActExempt, outcome: "missing"},
+		{name: "forged tag to postmaster delivered marked", rcpt: forge(tag(t, "postmaster@example.com", 1)),
+			action: ActDeliverMark, outcome: "bad-signature", rewrite: "postmaster@example.com", mark: "bad-signature"},
+		{name: "bounce from exempt client", mod: func(c *Config) { c.Verify.ExemptClients = []string{"198.51.100.0/24"} },
+			env: Envelope{Conn: partnerClient}, rcpt: "user@example.com", action: ActExempt, outcome: "missing"},
+		{name: "bounce from exempt host address", mod: func(c *Config) { c.Verify.ExemptClients = []string{"198.51.100.7"} },
+			env: Envelope{Conn: partnerClient}, rcpt: "user@example.com", action: ActExempt, outcome: "missing"},
+		{name: "bounce from other client not exempt", mod: func(c *Config) { c.Verify.ExemptClients = []string{"198.51.100.0/24"} },
+			rcpt: "user@example.com", action: ActReject, outcome: "missing", reply: "550"},
+		{name: "unprotected domain", rcpt: "user@example.org", action: ActPass},
+		{name: "unprotected domain, tagged", rcpt: "prvs=4000000000=user@example.org", action: ActPass},
+		{name: "protected domain case-insensitive", rcpt: "user@EXAMPLE.COM", action: ActReject, outcome: "missing", reply: "550"},
+		{name: "verify domains differ from sign domains", mod: func(c *Config) { c.Verify.Domains = []string{"example.org"} },
+			rcpt: "user@example.com", action: ActPass},
+		{name: "reply to valid tag", env: Envelope{Sender: "someone@example.org"}, rcpt: valid,
+			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
+		{name: "reply to expired tag is stripped", env: Envelope{Sender: "someone@example.org"}, rcpt: expired,
+			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
+		{name: "reply to forged tag: deliver and mark", env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid),
+			action: ActDeliverMark, outcome: "bad-signature", rewrite: "user@example.com", mark: "bad-signature; rcpt=<"},
+		{name: "reply to forged tag: deliver", mod: func(c *Config) { c.Verify.InvalidTagReply = "deliver" },
+			env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid), action: ActDeliver, outcome: "bad-signature", rewrite: "user@example.com"},
+		{name: "reply to forged tag: reject", mod: func(c *Config) { c.Verify.InvalidTagReply = "reject" },
+			env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid), action: ActReject, outcome: "bad-signature", reply: "550 5.7.1 The recipient address tag is not valid"},
+		{name: "reply to forged tag: pass", mod: func(c *Config) { c.Verify.InvalidTagReply = "pass" },
+			env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid), action: ActPass, outcome: "bad-signature"},
+		{name: "reply to malformed tag: mark only", env: Envelope{Sender: "someone@example.org"}, rcpt: "prvs=4xyz=user@example.com",
+			action: ActDeliverMark, outcome: "malformed", mark: "malformed"},
+		{name: "ordinary mail", env: Envelope{Sender: "someone@example.org"}, rcpt: "user@example.com", action: ActPass},
+		{name: "case changed in transit accepted", rcpt: strings.ToUpper(valid[:16]) + "user@EXAMPLE.com",
+			action: ActAccept, outcome: "valid", rewrite: "user@EXAMPLE.com"},
+		{name: "case changed in transit, strict", mod: func(c *Config) { c.Verify.Strict = true },
+			rcpt: valid[:16] + "user@EXAMPLE.com", action: ActReject, outcome: "bad-signature", reply: "550"},
+		{name: "sub-address form", rcpt: "user+" + valid[:15] + "@example.com", action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
+		{name: "expired stays expired with a longer max lifetime", mod: func(c *Config) { c.Verify.MaxLifetime = 10 },
+			rcpt: expired, action: ActReject, outcome: "expired", reply: "550"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testPolicy(t, tt.mod)
+			env := tt.env
+			if !env.Conn.Addr.IsValid() {
+				env.Conn = mxClient
+			}
+			d := p.Recipient(env, tt.rcpt, testNow)
+			if d.Action != tt.action || d.Outcome != tt.outcome || d.Rewrite != tt.rewrite {
+				t.Fatalf("Recipient(%q) = %v/%q rewrite %q, want %v/%q rewrite %q (%s)",
+					tt.rcpt, d.Action, d.Outcome, d.Rewrite, tt.action, tt.outcome, tt.rewrite, d.Reason)
+			}
+			if !strings.HasPrefix(d.Reply, tt.reply) || (tt.reply == "") != (d.Reply == "") {
+				t.Fatalf("reply %q, want prefix %q", d.Reply, tt.reply)
+			}
+			if !strings.HasPrefix(d.Mark, tt.mark) || (tt.mark == "") != (d.Mark == "") {
+				t.Fatalf("mark %q, want prefix %q", d.Mark, tt.mark)
+			}
+			if (d.Action == ActReject) != strings.HasPrefix(d.Reply, "5") || (d.Action == ActTempfail) != strings.HasPrefix(d.Reply, "4") {
+				t.Fatalf("action %v with reply %q", d.Action, d.Reply)
+			}
+		})
+	}
+}
+
+func TestGraceDefault(t *testing.T) {
+	created := testNow.Add(-24 * time.Hour)
+	p, err := NewPolicy(DefaultConfig("example.com"), testKeys, created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := created.Add(7*24*time.Hour + 5*24*time.Hour)
+	if !p.GraceUntil().Equal(want) {
+		t.Fatalf("grace until %v, want %v", p.GraceUntil(), want)
+	}
+	if d := p.Recipient(Envelope{Conn: mxClient}, "user@example.com", want.Add(-time.Second)); d.Action != ActGrace {
+		t.Fatalf("before the end: %v", d.Action)
+	}
+	if d := p.Recipient(Envelope{Conn: mxClient}, "user@example.com", want); d.Action != ActReject {
+		t.Fatalf("at the end: %v", d.Action)
+	}
+}
+
+func TestOutbound(t *testing.T) {
+	p := testPolicy(t, func(c *Config) {
+		c.Sign.InternalNetworks = []string{"10.0.0.0/8", "2001:db8::/32", "127.0.0.1"}
+		c.Sign.SubmissionDaemons = []string{"submission"}
+	})
+	tests := []struct {
+		name string
+		conn Conn
+		auth string
+		want string
+	}{
+		{"authenticated outsider", mxClient, "alice", OutAuthenticated},
+		{"outsider", mxClient, "", ""},
+		{"internal v4", Conn{Addr: netip.MustParseAddr("10.1.2.3")}, "", OutInternal},
+		{"internal v4-mapped", Conn{Addr: netip.MustParseAddr("::ffff:10.1.2.3").Unmap()}, "", OutInternal},
+		{"internal v6", Conn{Addr: netip.MustParseAddr("2001:db8::1")}, "", OutInternal},
+		{"local (unix family)", Conn{Local: true}, "", OutLocal},
+		{"no client address", Conn{}, "", OutLocal},
+		{"submission daemon", Conn{Addr: netip.MustParseAddr("192.0.2.9"), DaemonName: "submission"}, "", OutSubmission},
+		{"other daemon", Conn{Addr: netip.MustParseAddr("192.0.2.9"), DaemonName: "smtpd"}, "", ""},
+	}
+	for _, tt := range tests {
+		if got := p.Outbound(tt.conn, tt.auth); got != tt.want {
+			t.Errorf("%s: Outbound = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	off := testPolicy(t, func(c *Config) { c.Sign.Authenticated, c.Sign.Local = false, false })
+	if got := off.Outbound(mxClient, "alice"); got != "" {
+		t.Errorf("authenticated signing off: %q", got)
+	}
+	if got := off.Outbound(Conn{Local: true}, ""); got != "" {
+		t.Errorf("local signing off: %q", got)
+	}
+}
+
+func TestSignDecisions(t *testing.T) {
+	tests := []struct {
+		name   string
+		mod    func(*Config)
+		sender string
+		rcpts  []string
+		skip   string
+	}{
+		{name: "ours", sender: "user@example.com", rcpts: []string{"a@example.org"}},
+		{name: "second domain, any case", sender: "User@Example.NET", rcpts: []string{"a@example.org"}},
+		{name: "null sender", sender: "", skip: "null-sender"},
+		{name: "foreign domain", sender: "user@example.org", skip: SkipForeignDomain},
+		{name: "subdomain is foreign", sender: "user@mail.example.com", skip: SkipForeignDomain},
+		{name: "already tagged", sender: "prvs=4000000000=user@example.com", skip: "tagged"},
+		{name: "srs", sender: "SRS0=abcd=ef=example.org=u@example.com", skip: "srs"},
+		{name: "too long", sender: strings.Repeat("x", 49) + "@example.com", skip: "too-long"},
+		{name: "exempt sender address", mod: func(c *Config) { c.Sign.ExemptSenders = []string{"list-owner@example.com"} },
+			sender: "List-Owner@example.com", skip: SkipExemptSender},
+		{name: "exempt sender domain", mod: func(c *Config) { c.Sign.ExemptSenders = []string{"@example.net"} },
+			sender: "user@example.net", skip: SkipExemptSender},
+		{name: "exempt recipient domain", mod: func(c *Config) { c.Sign.ExemptRecipients = []string{"lists.example.org"} },
+			sender: "user@example.com", rcpts: []string{"a@example.org", "list@lists.example.org"}, skip: SkipExemptRecipient},
+		{name: "exempt recipient address", mod: func(c *Config) { c.Sign.ExemptRecipients = []string{"list@example.org"} },
+			sender: "user@example.com", rcpts: []string{"list@example.org"}, skip: SkipExemptRecipient},
+		{name: "no signing key", sender: "user@example.com", skip: SkipError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testPolicy(t, tt.mod)
+			if tt.skip == SkipError {
+				var err error
+				p, err = NewPolicy(DefaultConfig("example.com"), noKeys{}, testCreated)
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := p.Sign(tt.sender, tt.rcpts, testNow)
+			if r.Skip != tt.skip {
+				t.Fatalf("skip %q, want %q (%v)", r.Skip, tt.skip, r.Err)
+			}
+			if tt.skip != "" {
+				if r.Address != "" {
+					t.Fatalf("skipped but address %q", r.Address)
+				}
+				return
+			}
+			v := batv.Verifier{Keys: testKeys, Now: func() time.Time { return testNow }, Strict: true}
+			res, _ := v.Verify(r.Address)
+			if res.Status != batv.Valid || res.Untagged() != tt.sender || r.KeyID != 4 {
+				t.Fatalf("signed %q: %v untagged %q", r.Address, res.Status, res.Untagged())
+			}
+		})
+	}
+}
+
+type noKeys struct{}
+
+func (noKeys) SigningKey(time.Time, string) (batv.Key, error) {
+	return batv.Key{}, batv.ErrNoSigningKey
+}
+func (noKeys) VerificationKey(time.Time, int, string) (batv.Key, bool) {
+	return batv.Key{}, false
+}
+
+func TestNewPolicyReportsEveryError(t *testing.T) {
+	cfg := DefaultConfig("example.com", "bad domain")
+	cfg.Sign.Lifetime = 40
+	cfg.Sign.SubAddress = "++"
+	cfg.Sign.InternalNetworks = []string{"10.0.0.0/33"}
+	cfg.Sign.OnError = "explode"
+	cfg.Verify.UntaggedBounce = "bounce"
+	cfg.Verify.InvalidTagReply = "ignore"
+	cfg.Verify.ExemptClients = []string{"not-an-ip"}
+	cfg.Verify.StatusHeader = "X Bad"
+	cfg.Verify.Delimiter = "="
+	_, err := NewPolicy(cfg, testKeys, testCreated)
+	if !errors.Is(err, ErrConfig) {
+		t.Fatalf("err = %v", err)
+	}
+	for _, want := range []string{"sign.lifetime 40", "sign.sub_address", `"bad domain"`, "sign.internal_networks",
+		"sign.on_error", "verify.untagged_bounce", "verify.invalid_tag_reply", "verify.exempt_clients",
+		"verify.status_header", "verify.delimiter"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}

@@ -1,0 +1,436 @@
+package milter
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+)
+
+// Roles say what a listener's milter does.
+type Roles uint8
+
+// The roles. A listener has one or both.
+const (
+	// Outbound signs the envelope sender of mail our users send.
+	Outbound Roles = 1 << iota
+	// Inbound verifies tagged recipients of bounces and rewrites them.
+	Inbound
+)
+
+// String returns "outbound", "inbound" or "outbound+inbound".
+func (r Roles) String() string {
+	switch r {
+	case Outbound:
+		return "outbound"
+	case Inbound:
+		return "inbound"
+	case Outbound | Inbound:
+		return "outbound+inbound"
+	}
+	return "none"
+}
+
+// Server serves the milter protocol on a listener. go-milter runs each
+// session; Server adds what it lacks: a connection limit, idle timeouts,
+// buffered reads, one write per reply, and a graceful shutdown.
+type Server struct {
+	// Name labels the listener in logs and metrics.
+	Name string
+	// Roles are what the milter does on this listener.
+	Roles Roles
+	// Policy returns the policy in force; each message is decided with the
+	// policy current at its MAIL command.
+	Policy func() *Policy
+	// Logger receives one line per decision and per session problem.
+	Logger *slog.Logger
+	// Metrics records decisions and connections; nil records nothing.
+	Metrics *Metrics
+	// MaxConns limits concurrent MTA connections; 0 means no limit. A
+	// connection over the limit is closed at once, so the MTA applies its
+	// default action at once rather than after its connect timeout.
+	MaxConns int
+	// IdleTimeout closes a connection on which the MTA sends nothing for
+	// this long (0: 15 minutes, well above Postfix's own timeouts).
+	IdleTimeout time.Duration
+	// Now returns the time; nil means time.Now.
+	Now func() time.Time
+
+	mu       sync.Mutex
+	ln       net.Listener
+	conns    map[*conn]struct{}
+	draining bool
+	lastID   atomic.Uint64
+	wg       sync.WaitGroup
+}
+
+// DefaultIdleTimeout is used when Server.IdleTimeout is 0.
+const DefaultIdleTimeout = 15 * time.Minute
+
+// writeTimeout bounds each write to the MTA.
+const writeTimeout = 30 * time.Second
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("milter: server closed")
+
+// Serve accepts MTA connections on ln until Shutdown, and returns
+// ErrServerClosed then.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.ln = ln
+	if s.conns == nil {
+		s.conns = map[*conn]struct{}{}
+	}
+	s.mu.Unlock()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			draining := s.draining
+			s.mu.Unlock()
+			if draining || errors.Is(err, net.ErrClosed) {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.logger().Error("accept failed", "listener", s.Name, "err", err)
+			time.Sleep(100 * time.Millisecond) // e.g. out of file descriptors
+			continue
+		}
+		s.serveConn(nc)
+	}
+}
+
+func (s *Server) serveConn(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	c := &conn{
+		Conn: nc,
+		srv:  s,
+		id:   s.lastID.Add(1),
+		r:    bufio.NewReaderSize(nc, 4096),
+		idle: s.IdleTimeout,
+		done: make(chan struct{}),
+	}
+	if c.idle == 0 {
+		c.idle = DefaultIdleTimeout
+	}
+	c.log = s.logger().With("listener", s.Name, "conn", c.id)
+	s.mu.Lock()
+	if s.draining || (s.MaxConns > 0 && len(s.conns) >= s.MaxConns) {
+		draining := s.draining
+		s.mu.Unlock()
+		nc.Close()
+		if !draining {
+			s.Metrics.connRefused(s.Name)
+			s.logger().Warn("connection refused: limit reached", "listener", s.Name, "max_connections", s.MaxConns)
+		}
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.Metrics.connOpened(s.Name)
+
+	actions, protocol := s.negotiation()
+	ms := &gomilter.Server{
+		NewMilter: func() gomilter.Milter { return &session{c: c} },
+		Actions:   actions,
+		Protocol:  protocol,
+	}
+	go func() {
+		defer s.wg.Done()
+		// go-milter closes the connection when the session ends; the
+		// one-connection listener then ends Serve.
+		_ = ms.Serve(&oneConnListener{c: c})
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.Metrics.connClosed(s.Name, c.endReason())
+	}()
+}
+
+// negotiation returns what the milter asks of the MTA: only the actions and
+// callbacks its roles need, since every callback is a round trip.
+func (s *Server) negotiation() (gomilter.OptAction, gomilter.OptProtocol) {
+	p := s.Policy()
+	var act gomilter.OptAction
+	proto := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoUnknown |
+		gomilter.OptNoEOH | gomilter.OptNoBody
+	if s.Roles&Outbound != 0 {
+		act |= gomilter.OptChangeFrom
+	}
+	if s.Roles&Inbound != 0 {
+		act |= gomilter.OptAddRcpt | gomilter.OptRemoveRcpt | gomilter.OptAddHeader |
+			gomilter.OptChangeHeader | gomilter.OptQuarantine
+	}
+	if s.Roles&Inbound == 0 || !p.RemovesForgedHeaders() {
+		proto |= gomilter.OptNoHeaders
+	}
+	if s.Roles&Inbound == 0 && !p.SignsForRecipients() {
+		proto |= gomilter.OptNoRcptTo
+	}
+	return act, proto
+}
+
+// Shutdown stops accepting connections, closes idle ones, lets messages in
+// flight finish, and closes what is left when ctx ends. The MTA applies its
+// milter default action to a message whose connection was closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for c := range s.conns {
+		c.drain()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		n := len(s.conns)
+		for c := range s.conns {
+			c.setEnd("shutdown")
+			c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		s.logger().Warn("shutdown deadline passed: closed connections with messages in flight",
+			"listener", s.Name, "connections", n)
+		return ctx.Err()
+	}
+}
+
+// OpenConns returns the number of open MTA connections.
+func (s *Server) OpenConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Server) now() time.Time {
+	if s.Now == nil {
+		return time.Now()
+	}
+	return s.Now()
+}
+
+// conn is one MTA connection: buffered reads with an idle deadline, and
+// writes that hold message modifications back until the reply that
+// follows them, so that a reply is one write.
+type conn struct {
+	net.Conn
+	srv  *Server
+	id   uint64
+	r    *bufio.Reader
+	log  *slog.Logger
+	idle time.Duration
+	wbuf []byte
+	done chan struct{}
+
+	// Connection facts from CONNECT, kept across go-milter's fresh
+	// Milter objects.
+	facts Conn
+
+	mu         sync.Mutex
+	inMessage  bool
+	draining   bool
+	closeAfter bool // close after the next reply: draining and in a message
+	end        string
+	closeOnce  sync.Once
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.r.Buffered() == 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	}
+	n, err := c.r.Read(p)
+	if err == nil || err == io.EOF {
+		if err == io.EOF {
+			c.setEnd("closed")
+		}
+		return n, err
+	}
+	// The session ends here. go-milter logs any read error but EOF, so
+	// log it here with the connection's context, and hand it EOF.
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		c.setEnd("timeout")
+		c.log.Info("session closed: the MTA sent nothing for too long", "idle", c.idle)
+	case errors.Is(err, net.ErrClosed):
+		c.setEnd("closed") // closed by Shutdown, which set the reason
+	default:
+		c.setEnd("error")
+		c.log.Warn("session read failed", "err", err)
+	}
+	return n, io.EOF
+}
+
+// isModification reports whether a milter packet code is a message
+// modification (sent before the end-of-message reply, no answer).
+func isModification(code byte) bool {
+	switch code {
+	case '+', '-', '2', 'b', 'e', 'h', 'i', 'm', 'q':
+		return true
+	}
+	return false
+}
+
+const maxHeldBytes = 64 << 10
+
+func (c *conn) Write(p []byte) (int, error) {
+	// go-milter writes each packet with one Write; a whole packet of
+	// modification is held back for the reply that follows it.
+	if len(p) >= 5 && int(binary.BigEndian.Uint32(p)) == len(p)-4 && isModification(p[4]) &&
+		len(c.wbuf)+len(p) <= maxHeldBytes {
+		c.wbuf = append(c.wbuf, p...)
+		return len(p), nil
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	var err error
+	if len(c.wbuf) > 0 {
+		c.wbuf = append(c.wbuf, p...)
+		_, err = c.Conn.Write(c.wbuf)
+		c.wbuf = c.wbuf[:0]
+	} else {
+		_, err = c.Conn.Write(p)
+	}
+	if err != nil {
+		c.setEnd("error")
+		return 0, err
+	}
+	c.mu.Lock()
+	closeNow := c.closeAfter && !c.inMessage
+	c.mu.Unlock()
+	if closeNow {
+		c.setEnd("shutdown")
+		c.Close()
+	}
+	return len(p), nil
+}
+
+// Close closes the connection once and ends its go-milter Serve.
+func (c *conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		err = c.Conn.Close()
+		close(c.done)
+	})
+	return err
+}
+
+// beginMessage and endMessage bracket a transaction, for the drain.
+func (c *conn) beginMessage() {
+	c.mu.Lock()
+	c.inMessage = true
+	c.mu.Unlock()
+}
+
+func (c *conn) endMessage(replied bool) {
+	c.mu.Lock()
+	c.inMessage = false
+	closeNow := c.draining && !replied
+	if c.draining && replied {
+		c.closeAfter = true
+	}
+	c.mu.Unlock()
+	if closeNow {
+		c.setEnd("shutdown")
+		c.Close()
+	}
+}
+
+// drain closes the connection now if it is between messages, or after the
+// reply that ends its message.
+func (c *conn) drain() {
+	c.mu.Lock()
+	c.draining = true
+	idle := !c.inMessage
+	c.mu.Unlock()
+	if idle {
+		c.setEnd("shutdown")
+		c.Close()
+	}
+}
+
+func (c *conn) setEnd(how string) {
+	c.mu.Lock()
+	if c.end == "" {
+		c.end = how
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) endReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.end == "" {
+		return "quit"
+	}
+	return c.end
+}
+
+// oneConnListener hands one connection to a go-milter Server, then blocks
+// until that connection is closed, so that Serve returns with the session.
+type oneConnListener struct {
+	c     *conn
+	given bool
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.given {
+		l.given = true
+		return l.c, nil
+	}
+	<-l.c.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
+
+// RedirectGoMilterLog sends go-milter's messages, which it writes with the
+// standard log package, to logger at warning level.
+func RedirectGoMilterLog(logger *slog.Logger) io.Writer {
+	return logWriter{logger}
+}
+
+type logWriter struct{ l *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	msg := string(p)
+	for len(msg) > 0 && (msg[len(msg)-1] == '\n') {
+		msg = msg[:len(msg)-1]
+	}
+	w.l.Warn("go-milter: "+msg, "component", "go-milter")
+	return len(p), nil
+}

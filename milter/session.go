@@ -1,0 +1,247 @@
+package milter
+
+import (
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+)
+
+// session is go-milter's Milter for one connection. It collects the facts
+// of a transaction, asks the Policy at MAIL, RCPT and end of message, and
+// applies the decisions at end of message, the only time the protocol
+// allows modifications. It never answers anything but continue (or a
+// reply code for one recipient), because go-milter replaces the Milter
+// object, and so forgets the transaction, after any other answer.
+type session struct {
+	c *conn
+
+	policy   *Policy
+	sender   string
+	outbound string // why the message is ours to sign, or ""
+	queueID  string
+	rcpts    []rcptState
+	bounces  int // recipients in protected domains of a null-sender message
+	forged   int // incoming status headers to remove
+}
+
+// rcptState is one recipient as received and what was decided for it.
+type rcptState struct {
+	addr string
+	d    Recipient
+}
+
+var _ gomilter.Milter = (*session)(nil)
+
+func (s *session) srv() *Server { return s.c.srv }
+
+func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (gomilter.Response, error) {
+	f := Conn{DaemonName: m.Macros["{daemon_name}"]}
+	if a, ok := netip.AddrFromSlice(addr); ok {
+		f.Addr = a.Unmap()
+	}
+	// Mail submitted on the MTA host has no client: Postfix's
+	// non_smtpd_milters see an emulated connection from localhost,
+	// 127.0.0.1, port 0; Sendmail reports family "unix" or "unknown".
+	f.Local = family == "unix" || family == "unknown" || family == "" || port == 0
+	s.c.facts = f
+	s.log().Debug("connect", "client", host, "family", family, "addr", f.Addr, "port", port,
+		"daemon_name", f.DaemonName, "local", f.Local)
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) Helo(string, *gomilter.Modifier) (gomilter.Response, error) {
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response, error) {
+	s.reset()
+	s.c.beginMessage()
+	s.policy = s.srv().Policy()
+	s.sender = from
+	s.queueID = m.Macros["i"]
+	if s.srv().Roles&Outbound != 0 {
+		s.outbound = s.policy.Outbound(s.c.facts, m.Macros["{auth_authen}"])
+		if s.outbound == "" {
+			s.log().Debug("not ours to sign", "direction", "outbound", "sender", from,
+				"client", s.c.facts.Addr, "daemon_name", s.c.facts.DaemonName)
+		}
+	}
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, error) {
+	if s.policy == nil { // RCPT without MAIL: a broken MTA
+		return gomilter.RespContinue, nil
+	}
+	if s.queueID == "" {
+		s.queueID = m.Macros["i"]
+	}
+	st := rcptState{addr: rcpt, d: Recipient{Action: ActPass, KeyID: -1}}
+	if s.srv().Roles&Inbound != 0 {
+		start := time.Now()
+		st.d = s.policy.Recipient(Envelope{Conn: s.c.facts, Sender: s.sender}, rcpt, s.srv().now())
+		s.srv().Metrics.decision("inbound", time.Since(start).Seconds())
+		if st.d.Outcome != "" {
+			s.srv().Metrics.recipient(st.d.Outcome, st.d.Action.String())
+			if s.sender == "" {
+				s.bounces++
+			}
+			s.logRecipient(rcpt, st.d)
+		}
+	}
+	s.rcpts = append(s.rcpts, st)
+	if st.d.Reply != "" {
+		// A reply code refuses this recipient only; the transaction and
+		// its other recipients go on.
+		return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), st.d.Reply), nil
+	}
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) Header(name, _ string, _ *gomilter.Modifier) (gomilter.Response, error) {
+	if s.policy != nil && strings.EqualFold(name, s.policy.StatusHeader()) {
+		s.forged++
+	}
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) Headers(textproto.MIMEHeader, *gomilter.Modifier) (gomilter.Response, error) {
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) BodyChunk([]byte, *gomilter.Modifier) (gomilter.Response, error) {
+	return gomilter.RespContinue, nil
+}
+
+// Body is the end of the message: apply what was decided.
+func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
+	defer s.c.endMessage(true)
+	defer s.reset()
+	if s.policy == nil {
+		return gomilter.RespContinue, nil
+	}
+	if id := m.Macros["i"]; id != "" {
+		s.queueID = id
+	}
+	if err := s.applyInbound(m); err != nil {
+		return nil, err
+	}
+	return s.applyOutbound(m)
+}
+
+func (s *session) applyInbound(m *gomilter.Modifier) error {
+	if s.srv().Roles&Inbound == 0 {
+		return nil
+	}
+	if s.bounces > 1 {
+		s.srv().Metrics.multipleRecipients()
+		s.log().Info("bounce with several protected recipients", "queue_id", s.queueID, "recipients", s.bounces)
+	}
+	name := s.policy.StatusHeader()
+	// Delete from the last occurrence, so the indexes of the others hold.
+	for i := s.forged; i >= 1; i-- {
+		if err := m.ChangeHeader(i, name, ""); err != nil {
+			return err
+		}
+	}
+	added := map[string]bool{}
+	for _, r := range s.rcpts {
+		d := r.d
+		if d.Rewrite != "" && d.Rewrite != r.addr && d.Reply == "" {
+			// Postfix matches DELRCPT exactly: delete the address as
+			// received.
+			if err := m.DeleteRecipient(r.addr); err != nil {
+				return err
+			}
+			if !added[d.Rewrite] {
+				added[d.Rewrite] = true
+				if err := m.AddRecipient(d.Rewrite); err != nil {
+					return err
+				}
+			}
+		}
+		if d.Mark != "" {
+			if err := m.AddHeader(name, d.Mark); err != nil {
+				return err
+			}
+		}
+		if d.Action == ActQuarantine {
+			if err := m.Quarantine("BATV: untagged bounce to <" + r.addr + ">"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *session) applyOutbound(m *gomilter.Modifier) (gomilter.Response, error) {
+	if s.outbound == "" {
+		return gomilter.RespContinue, nil
+	}
+	rcpts := make([]string, 0, len(s.rcpts))
+	for _, r := range s.rcpts {
+		if r.d.Reply == "" {
+			rcpts = append(rcpts, r.addr)
+		}
+	}
+	start := time.Now()
+	res := s.policy.Sign(s.sender, rcpts, s.srv().now())
+	s.srv().Metrics.decision("outbound", time.Since(start).Seconds())
+	if res.Address == "" {
+		s.srv().Metrics.signed(res.Skip)
+		if res.Skip == SkipError {
+			s.log().Error("signing failed", "queue_id", s.queueID, "direction", "outbound",
+				"sender", s.sender, "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
+			if s.policy.TempfailOnSignError() {
+				return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), "451 4.3.0 Temporary failure signing the sender address (BATV)"), nil
+			}
+			return gomilter.RespContinue, nil
+		}
+		s.log().Debug("not signed", "queue_id", s.queueID, "direction", "outbound",
+			"outcome", "skipped", "reason", res.Skip, "sender", s.sender, "why_ours", s.outbound)
+		return gomilter.RespContinue, nil
+	}
+	if err := m.ChangeFrom("<" + res.Address + ">"); err != nil {
+		return nil, err
+	}
+	s.srv().Metrics.signed("signed")
+	s.log().Info("signed", "queue_id", s.queueID, "direction", "outbound", "outcome", "signed",
+		"reason", s.outbound, "key_id", res.KeyID, "sender", s.sender, "tagged", res.Address)
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) Abort(*gomilter.Modifier) error {
+	s.reset()
+	s.c.endMessage(false)
+	return nil
+}
+
+func (s *session) reset() {
+	s.policy, s.sender, s.outbound, s.queueID = nil, "", "", ""
+	s.rcpts = s.rcpts[:0]
+	s.bounces, s.forged = 0, 0
+}
+
+func (s *session) logRecipient(rcpt string, d Recipient) {
+	attrs := []any{"queue_id", s.queueID, "direction", "inbound", "outcome", d.Outcome,
+		"action", d.Action.String(), "reason", d.Reason, "rcpt", rcpt}
+	if d.KeyID >= 0 {
+		attrs = append(attrs, "key_id", d.KeyID)
+	}
+	if d.Rewrite != "" {
+		attrs = append(attrs, "untagged", d.Rewrite)
+	}
+	if s.sender == "" {
+		attrs = append(attrs, "sender", "<>")
+	} else {
+		attrs = append(attrs, "sender", s.sender)
+	}
+	s.log().Info("recipient", attrs...)
+}
+
+func (s *session) log() *slog.Logger { return s.c.log }
