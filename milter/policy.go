@@ -144,7 +144,7 @@ func NewPolicy(cfg Config, keys batv.Keyring, created time.Time) (*Policy, error
 	if maxLife == 0 {
 		maxLife = max(s.Lifetime, batv.MinLifetime)
 	}
-	if maxLife < s.Lifetime {
+	if maxLife < s.Lifetime && s.Lifetime <= batv.MaxLifetime {
 		bad("verify.max_lifetime %d is shorter than sign.lifetime %d: fresh tags would be refused", maxLife, s.Lifetime)
 	}
 	if v.MaxLifetime != 0 && maxLife > batv.MaxLifetime {
@@ -163,11 +163,10 @@ func NewPolicy(cfg Config, keys batv.Keyring, created time.Time) (*Policy, error
 	default:
 		p.verifier.Delimiter = v.Delimiter[0]
 	}
-	domains := v.Domains
-	if len(domains) == 0 {
-		domains = s.Domains
+	p.verifyDomains = p.signDomains
+	if len(v.Domains) > 0 {
+		p.verifyDomains = newDomainSet("verify.domains", v.Domains, bad)
 	}
-	p.verifyDomains = newDomainSet("verify.domains", domains, bad)
 	p.exemptRcptsIn = newAddrSet("verify.exempt_recipients", append([]string{"postmaster", "abuse"}, v.ExemptRecipients...), bad)
 	p.exemptClients = parsePrefixes("verify.exempt_clients", v.ExemptClients, bad)
 	var ok bool

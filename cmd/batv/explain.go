@@ -149,11 +149,18 @@ func expiryWords(daysLeft int, now time.Time) string {
 	day := now.UTC().Truncate(24*time.Hour).AddDate(0, 0, daysLeft).Format(time.DateOnly)
 	switch {
 	case daysLeft > 0:
-		return fmt.Sprintf("expires at the end of %s (%d days left)", day, daysLeft)
+		return fmt.Sprintf("expires at the end of %s (%s left)", day, dayCount(daysLeft))
 	case daysLeft == 0:
 		return fmt.Sprintf("expires at the end of today, %s", day)
 	}
-	return fmt.Sprintf("expired at the end of %s (%d days ago), or a date too far ahead to be genuine", day, -daysLeft)
+	return fmt.Sprintf("expired at the end of %s (%s ago), or a date too far ahead to be genuine", day, dayCount(-daysLeft))
+}
+
+func dayCount(n int) string {
+	if n == 1 {
+		return "1 day"
+	}
+	return fmt.Sprintf("%d days", n)
 }
 
 func decisionWords(d milter.Recipient) string {

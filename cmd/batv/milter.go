@@ -24,7 +24,8 @@ func milterCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "milter",
 		Usage: "run the milter daemon (signing, verification and the Postfix lookup service)",
-		Description: "Serves the outbound and inbound milters and the socketmap lookup service.\n" +
+		UsageText: "batv milter [--config FILE] [--domain DOMAIN]... [--keyring PATH]\n\n" +
+			"Serves the outbound and inbound milters and the socketmap lookup service.\n" +
 			"Without --config it runs on the embedded default: milter on inet:127.0.0.1:8891,\n" +
 			"socketmap on inet:127.0.0.1:8892, the keyring at " + keyring.DefaultPath + "\n" +
 			"(created with one signing key if missing), signing and verifying the --domain list.\n" +

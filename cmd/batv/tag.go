@@ -53,10 +53,11 @@ func keySourceFlags() []cli.Flag {
 
 func signCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "sign",
-		Usage:     "tag an envelope sender address",
-		ArgsUsage: "ADDRESS",
-		Description: "Prints ADDRESS signed as prvs=KDDDSSSSSS=ADDRESS (or in the sub-address form with\n" +
+		Name:  "sign",
+		Usage: "tag an envelope sender address",
+		UsageText: "batv sign [--keyring PATH | --secret-file FILE --key-id K] [--at DATE] [--lifetime N]\n" +
+			"          [--sub-address C] ADDRESS\n\n" +
+			"Prints ADDRESS signed as prvs=KDDDSSSSSS=ADDRESS (or in the sub-address form with\n" +
 			"--sub-address). The key is the keyring's signing key, or --secret-file with --key-id.\n" +
 			"An address that must not be signed (null sender, already tagged, SRS, quoted, local\n" +
 			"part too long once tagged) is printed unchanged, the reason goes to stderr and the\n" +
@@ -96,10 +97,11 @@ func signCommand() *cli.Command {
 
 func verifyCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "verify",
-		Usage:     "check a tagged address",
-		ArgsUsage: "ADDRESS",
-		Description: "Prints the outcome word (valid, missing, malformed, unknown-key, expired,\n" +
+		Name:  "verify",
+		Usage: "check a tagged address",
+		UsageText: "batv verify [--keyring PATH | --secret-file FILE --key-id K] [--at DATE] [--lifetime N]\n" +
+			"            [--strict] [--delimiter C] ADDRESS\n\n" +
+			"Prints the outcome word (valid, missing, malformed, unknown-key, expired,\n" +
 			"bad-signature) and, when valid, the untagged address. Exit status: 0 valid,\n" +
 			"3 missing, 4 malformed, 5 unknown-key, 6 expired, 7 bad-signature, 2 usage error\n" +
 			"or unreadable key.",

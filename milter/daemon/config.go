@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"strconv"
@@ -153,11 +154,26 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		if errors.As(err, &pe) {
 			return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s:%d:%d: %s", name, pe.Position.Line, pe.Position.Col, pe.Message)}}
 		}
+		if m := tomlErrRe.FindStringSubmatch(err.Error()); m != nil {
+			key := ""
+			if m[2] != "" {
+				key = " " + m[2] + ":"
+			}
+			return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s:%s:%s %s", name, m[1], key, m[3])}}
+		}
 		return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s: %v", name, err)}}
 	}
 	loc := newLocator(data)
 	var errs []string
+	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
+		undecoded[k.String()] = true
+	}
+	for _, k := range md.Undecoded() {
+		// Report an unknown table once, not each of its keys.
+		if len(k) > 1 && undecoded[k[:len(k)-1].String()] {
+			continue
+		}
 		errs = append(errs, fmt.Sprintf("%s:%d: unknown key %q", name, loc.line(k), k.String()))
 	}
 	if len(cfg.Listeners) == 0 {
@@ -220,8 +236,10 @@ func (c *Config) Check() []error {
 		add("log.level", "%v", err)
 	}
 	if c.Metrics.Listen != "" {
-		if _, _, err := splitHostPort(c.Metrics.Listen); err != nil {
-			add("metrics.listen", "%v", err)
+		// Port 0 picks a free port, which the log then names.
+		_, port, err := net.SplitHostPort(c.Metrics.Listen)
+		if p, perr := strconv.Atoi(port); err != nil || perr != nil || p < 0 || p > 65535 {
+			add("metrics.listen", "%q: want host:port", c.Metrics.Listen)
 		}
 	}
 	if c.Limits.MaxConnections < 1 {
@@ -347,6 +365,10 @@ func parseRoles(roles []string) (milter.Roles, error) {
 type locator struct {
 	lines map[string]int // "table.key" or "table[i].key" -> line
 }
+
+// tomlErrRe matches BurntSushi/toml's decoding errors that are not a
+// ParseError: "toml: line 3 (last key "a.b"): message".
+var tomlErrRe = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "([^"]*)"\))?: (.*)$`)
 
 var (
 	tableRe = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]`)

@@ -63,9 +63,10 @@ type Daemon struct {
 	metrics  *daemonMetrics
 	registry *prometheus.Registry
 
-	milters   []*milter.Server
-	socketmap *socketmap.Server
-	closers   []func()
+	milters     []*milter.Server
+	metricsAddr string // where the metrics endpoint listens, once it does
+	socketmap   *socketmap.Server
+	closers     []func()
 
 	reloadMu sync.Mutex
 }
@@ -414,9 +415,13 @@ func (d *Daemon) serveMetrics(addr string) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	d.closers = append(d.closers, func() { srv.Close() })
 	go srv.Serve(ln)
-	d.log.Info("metrics listening", "address", ln.Addr().String())
+	d.metricsAddr = ln.Addr().String()
+	d.log.Info("metrics listening", "address", d.metricsAddr)
 	return nil
 }
+
+// MetricsAddr is the address the metrics endpoint listens on, or "".
+func (d *Daemon) MetricsAddr() string { return d.metricsAddr }
 
 // health answers 200 when the daemon can sign and verify, 503 otherwise.
 func (d *Daemon) health(w http.ResponseWriter, _ *http.Request) {

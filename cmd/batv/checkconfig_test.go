@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// newKeyring creates a keyring with "batv keys init" as of a month ago, so
+// that sign --at can sign as on past days.
+func newKeyring(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keyring.json")
+	if code, _, errOut := runCLI(t, "keys", "--at", "2026-10-01T00:00:00Z", "init", "--keyring", path); code != 0 {
+		t.Fatalf("keys init: %d %s", code, errOut)
+	}
+	return path
+}
+
+func TestCheckConfigCLI(t *testing.T) {
+	kr := newKeyring(t)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	os.WriteFile(good, []byte(fmt.Sprintf("keyring = %q\n[sign]\ndomains = [\"example.com\"]\n", kr)), 0o600)
+	code, out, errOut := runCLI(t, "check-config", "-c", good)
+	if code != 0 || !strings.Contains(out, "are valid") {
+		t.Fatalf("good config: %d %q %q", code, out, errOut)
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte(fmt.Sprintf("keyring = %q\n[sign]\ndomains = [\"example.com\"]\nlifetime = 60\nbogus = true\n", kr)), 0o600)
+	code, out, errOut = runCLI(t, "check-config", "-c", bad)
+	if code != exitUsage || out != "" || !strings.Contains(errOut, "bad.toml:4: sign.lifetime 60") || !strings.Contains(errOut, `bad.toml:5: unknown key "sign.bogus"`) {
+		t.Fatalf("bad config: %d %q %q", code, out, errOut)
+	}
+	// The embedded default with the domains on the command line.
+	code, _, errOut = runCLI(t, "check-config", "--keyring", kr, "-d", "example.com")
+	if code != 0 {
+		t.Fatalf("embedded default: %d %q", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "check-config", "--keyring", kr)
+	if code != exitUsage || !strings.Contains(errOut, "--domain") {
+		t.Fatalf("embedded default without domains: %d %q", code, errOut)
+	}
+}
+
+func TestExplainCLI(t *testing.T) {
+	kr := newKeyring(t)
+	code, tagged, _ := runCLI(t, "sign", "--keyring", kr, "--at", "2026-11-20", "alice@example.com")
+	if code != 0 {
+		t.Fatal(code)
+	}
+	tagged = strings.TrimSpace(tagged)
+	code, out, errOut := runCLI(t, "explain", "--keyring", kr, "--at", "2026-11-28", tagged)
+	for _, want := range []string{
+		"form: standard", "untagged address alice@example.com", "key: id 0, signing",
+		"expired at the end of 2026-11-27 (1 day ago)", "signature: matches the address exactly", "outcome: expired",
+		"a bounce (MAIL FROM:<>) to it: refused at RCPT: 550 5.7.1 Bounce refused: the recipient address tag is expired",
+		"other mail to it: accepted, delivered to alice@example.com",
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("explain lacks %q:\n%s%s", want, out, errOut)
+		}
+	}
+	// A bounce message on standard input.
+	msg := "Return-Path: <>\nTo: " + tagged + "\nSubject: Undelivered Mail\n\nbody\n"
+	var stdout, stderr strings.Builder
+	code = run([]string{"batv", "explain", "--keyring", kr, "--at", "2026-11-21"}, strings.NewReader(msg), &stdout, &stderr)
+	if code != 0 || !strings.Contains(stdout.String(), "outcome: valid") || !strings.Contains(stdout.String(), "accepted, delivered to alice@example.com") {
+		t.Fatalf("explain from stdin: %d\n%s%s", code, stdout.String(), stderr.String())
+	}
+}

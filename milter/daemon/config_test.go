@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A valid file, changed one mistake at a time: each mistake gives its own
+// message, with the line it is on.
+const validConfig = `keyring = "/var/lib/batv/keyring.json"
+[log]
+format = "json"
+level = "warn"
+[metrics]
+listen = "127.0.0.1:9466"
+[limits]
+max_connections = 100
+idle_timeout = "20m"
+shutdown_timeout = "10s"
+[[listener]]
+name = "mx"
+address = "unix:/var/spool/postfix/batv/milter.sock"
+roles = ["inbound"]
+socket_group = "postfix"
+socket_mode = "0660"
+[[listener]]
+name = "submission"
+address = "inet:127.0.0.1:8891"
+roles = ["outbound"]
+[socketmap]
+address = "unix:/var/spool/postfix/batv/socketmap.sock"
+[sign]
+domains = ["example.com", "example.net"]
+lifetime = 5
+internal_networks = ["10.0.0.0/8", "2001:db8::/32"]
+submission_daemons = ["ORIGINATING"]
+exempt_recipients = ["lists.example.org"]
+[verify]
+max_lifetime = 7
+strict = true
+clock_skew = "30m"
+untagged_bounce = "tempfail"
+invalid_tag_reply = "deliver"
+exempt_clients = ["198.51.100.0/24"]
+grace_until = 2027-01-01T00:00:00Z
+status_header = "X-Our-BATV"
+`
+
+func TestParseValidConfig(t *testing.T) {
+	cfg, err := ParseConfig("batv.toml", []byte(validConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Listeners) != 2 || cfg.Listeners[1].Name != "submission" || cfg.Socketmap == nil ||
+		cfg.Sign.Lifetime != 5 || !cfg.Verify.Strict || time.Duration(cfg.Verify.ClockSkew) != 30*time.Minute ||
+		cfg.Verify.UntaggedBounce != "tempfail" || cfg.Limits.MaxConnections != 100 || cfg.Log.Format != "json" ||
+		!cfg.Verify.GraceUntil.Equal(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)) || cfg.Verify.StatusHeader != "X-Our-BATV" {
+		t.Fatalf("parsed %+v", cfg)
+	}
+	// Options not in the file keep their defaults.
+	if !cfg.Sign.Authenticated || !cfg.Verify.RemoveForgedHeaders || cfg.Verify.Delimiter != "+" {
+		t.Fatalf("defaults lost: %+v", cfg)
+	}
+}
+
+func TestConfigMistakes(t *testing.T) {
+	tests := []struct {
+		name, old, new, want string
+	}{
+		{"syntax", `level = "warn"`, `level = "warn`, "batv.toml:4:"},
+		{"unknown key", `level = "warn"`, "level = \"warn\"\nlevl = 1", `batv.toml:5: unknown key "log.levl"`},
+		{"unknown section", `[metrics]`, "[metrix]", `unknown key "metrix`},
+		{"wrong type", `lifetime = 5`, `lifetime = "5"`, "batv.toml:25: sign.lifetime: incompatible types"},
+		{"bad duration", `idle_timeout = "20m"`, `idle_timeout = "twenty"`, "batv.toml:9"},
+		{"log format", `format = "json"`, `format = "xml"`, `batv.toml:3: log.format: "xml": want text or json`},
+		{"log level", `level = "warn"`, `level = "loud"`, `batv.toml:4: log.level: "loud"`},
+		{"metrics address", `listen = "127.0.0.1:9466"`, `listen = "localhost"`, `batv.toml:6: metrics.listen`},
+		{"no connections", `max_connections = 100`, `max_connections = 0`, `batv.toml:8: limits.max_connections: 0`},
+		{"short idle timeout", `idle_timeout = "20m"`, `idle_timeout = "5s"`, `batv.toml:9: limits.idle_timeout`},
+		{"relative socket", `"unix:/var/spool/postfix/batv/milter.sock"`, `"unix:batv/milter.sock"`, `batv.toml:13: listener[0].address: "unix:batv/milter.sock": a unix socket path must be absolute`},
+		{"address scheme", `"inet:127.0.0.1:8891"`, `"tcp:127.0.0.1:8891"`, `batv.toml:19: listener[1].address`},
+		{"duplicate name", `name = "submission"`, `name = "mx"`, `batv.toml:18: listener[1].name: "mx" is used twice`},
+		{"duplicate address", `"inet:127.0.0.1:8891"`, `"unix:/var/spool/postfix/batv/milter.sock"`, `listener[1].address: "unix:/var/spool/postfix/batv/milter.sock" is used twice`},
+		{"role", `roles = ["outbound"]`, `roles = ["sideways"]`, `batv.toml:20: listener[1].roles: "sideways"`},
+		{"no role", `roles = ["outbound"]`, `roles = []`, `listener[1].roles: at least one`},
+		{"world socket", `socket_mode = "0660"`, `socket_mode = "0666"`, `batv.toml:16: listener[0].socket_mode: "0666" lets every local user`},
+		{"lifetime", `lifetime = 5`, `lifetime = 31`, `batv.toml:25: sign.lifetime 31`},
+		{"domain", `"example.net"]`, `"exa mple.net"]`, `sign.domains: "exa mple.net" is not a domain`},
+		{"network", `"10.0.0.0/8"`, `"10.0.0.0/40"`, `sign.internal_networks: "10.0.0.0/40"`},
+		{"max lifetime", `max_lifetime = 7`, `max_lifetime = 3`, `verify.max_lifetime 3 is shorter than sign.lifetime 5`},
+		{"clock skew", `clock_skew = "30m"`, `clock_skew = "48h"`, `verify.clock_skew 48h0m0s`},
+		{"untagged action", `untagged_bounce = "tempfail"`, `untagged_bounce = "bounce"`, `verify.untagged_bounce "bounce"`},
+		{"reply action", `invalid_tag_reply = "deliver"`, `invalid_tag_reply = "drop"`, `verify.invalid_tag_reply "drop"`},
+		{"client", `"198.51.100.0/24"`, `"partner.example"`, `verify.exempt_clients: "partner.example"`},
+		{"header", `status_header = "X-Our-BATV"`, `status_header = "X Our"`, `verify.status_header "X Our"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(validConfig, tt.old) {
+				t.Fatalf("%q not in the valid config", tt.old)
+			}
+			_, err := ParseConfig("batv.toml", []byte(strings.Replace(validConfig, tt.old, tt.new, 1)))
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("err = %v, want ErrConfig", err)
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || len(ce.Problems) != 1 {
+				t.Fatalf("want exactly one problem, got %v", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error\n%v\ndoes not contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigReportsEveryProblemAtOnce(t *testing.T) {
+	bad := strings.NewReplacer(`format = "json"`, `format = "xml"`, `lifetime = 5`, `lifetime = 31`,
+		`untagged_bounce = "tempfail"`, `untagged_bounce = "x"`).Replace(validConfig) + "typo = 1\n"
+	_, err := ParseConfig("batv.toml", []byte(bad))
+	var ce *ConfigError
+	if !errors.As(err, &ce) || len(ce.Problems) < 4 {
+		t.Fatalf("want at least 4 problems, got %v", err)
+	}
+}

@@ -1,0 +1,527 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batv/batv/batv"
+	"github.com/batv/batv/keyring"
+	"github.com/batv/batv/milter/mtaclient"
+)
+
+// testDaemon is a daemon run in-process on unix sockets in a temp dir.
+type testDaemon struct {
+	t       *testing.T
+	dir     string
+	config  string
+	keyring string
+	sock    string
+	reload  chan struct{}
+	stop    chan struct{}
+	done    chan error
+	d       *Daemon
+	log     syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+const testConfig = `
+keyring = %q
+keyring_poll = "100ms"
+
+[log]
+level = "debug"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[limits]
+shutdown_timeout = "2s"
+
+[[listener]]
+name = "milter"
+address = "unix:%s"
+roles = ["outbound", "inbound"]
+
+[sign]
+domains = ["example.com"]
+internal_networks = []
+
+[verify]
+grace_until = 2000-01-01T00:00:00Z
+`
+
+// keyringCreated is when the test keyrings are made: long enough ago that
+// tags of the past days verify.
+var keyringCreated = time.Now().Add(-30 * 24 * time.Hour)
+
+func startTestDaemon(t *testing.T) *testDaemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "batvd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	td := &testDaemon{t: t, dir: dir, keyring: filepath.Join(dir, "keyring.json"), sock: filepath.Join(dir, "m.sock"),
+		config: filepath.Join(dir, "batv.toml"), reload: make(chan struct{}), stop: make(chan struct{}, 2), done: make(chan error, 1)}
+	if _, err := keyring.Create(td.keyring, keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
+		t.Fatal(err)
+	}
+	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock))
+	ready := make(chan *Daemon, 1)
+	go func() {
+		td.done <- Run(Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload, Stop: td.stop,
+			Ready: func(d *Daemon) { ready <- d }})
+	}()
+	select {
+	case td.d = <-ready:
+	case err := <-td.done:
+		t.Fatalf("Run: %v\n%s", err, td.log.String())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon not ready\n%s", td.log.String())
+	}
+	t.Cleanup(func() {
+		select {
+		case td.stop <- struct{}{}:
+		default:
+		}
+		select {
+		case <-td.done:
+		case <-time.After(10 * time.Second):
+			t.Error("daemon did not stop")
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", td.log.String())
+		}
+	})
+	return td
+}
+
+func (td *testDaemon) writeConfig(s string) {
+	td.t.Helper()
+	if err := os.WriteFile(td.config, []byte(s), 0o600); err != nil {
+		td.t.Fatal(err)
+	}
+}
+
+// sendReload asks for a reload and waits until the daemon logged its result.
+func (td *testDaemon) sendReload(want string) {
+	td.t.Helper()
+	before := strings.Count(td.log.String(), want)
+	td.reload <- struct{}{}
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(td.log.String(), want) == before {
+		if time.Now().After(deadline) {
+			td.t.Fatalf("no %q in the log after reload", want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (td *testDaemon) dial() *mtaclient.Conn {
+	td.t.Helper()
+	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: td.sock, Timeout: 10 * time.Second})
+	if err != nil {
+		td.t.Fatal(err)
+	}
+	if r, err := c.Connect("[192.0.2.1]", mtaclient.FamilyInet, 4000, "192.0.2.1", nil); err != nil || !r.Continue() {
+		td.t.Fatal(r, err)
+	}
+	return c
+}
+
+// metric returns the value of one series from the metrics endpoint, or -1.
+func (td *testDaemon) metric(series string) float64 {
+	td.t.Helper()
+	resp, err := http.Get("http://" + td.d.MetricsAddr() + "/metrics")
+	if err != nil {
+		td.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			fmt.Sscan(rest, &v)
+			return v
+		}
+	}
+	return -1
+}
+
+// signer signs with whatever the keyring file says now.
+func (td *testDaemon) sign(addr string, daysAgo int) string {
+	td.t.Helper()
+	kr, err := keyring.Load(td.keyring)
+	if err != nil {
+		td.t.Fatal(err)
+	}
+	s := batv.Signer{Keys: kr, Now: func() time.Time { return time.Now().Add(-time.Duration(daysAgo) * 24 * time.Hour) }}
+	r, err := s.Sign(addr)
+	if err != nil {
+		td.t.Fatal(err)
+	}
+	return r.Address
+}
+
+// mail is one checked transaction of the load.
+type mail struct {
+	msg   mtaclient.Message
+	check func(*mtaclient.Result) error
+}
+
+// load runs transactions from n connections until stop is closed and
+// returns how many were checked and every wrong answer.
+func (td *testDaemon) load(n int, stop <-chan struct{}, next func(i int) mail) (int64, []error) {
+	var (
+		wg    sync.WaitGroup
+		count atomic.Int64
+		mu    sync.Mutex
+		errs  []error
+	)
+	for w := range n {
+		wg.Go(func() {
+			c := td.dial()
+			defer c.Close()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m := next(w*1_000_000 + i)
+				res, err := c.Send(&m.msg)
+				if err == nil {
+					err = m.check(res)
+				}
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					return
+				}
+				count.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return count.Load(), errs
+}
+
+// mixedMail is the load of the reload tests: signed submissions, valid and
+// forged bounces, each checked against every key the test ever used.
+func (td *testDaemon) mixedMail(valid string, verifier func() *batv.Verifier) func(int) mail {
+	forged := valid[:14] + string("01"[(valid[14]-'0'+1)%2]) + valid[15:]
+	if forged == valid {
+		forged = valid[:14] + "f" + valid[15:]
+	}
+	return func(i int) mail {
+		switch i % 3 {
+		case 0:
+			return mail{msg: mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},
+				check: func(r *mtaclient.Result) error {
+					if len(r.Modifications) != 1 {
+						return fmt.Errorf("submission: %d modifications", len(r.Modifications))
+					}
+					cf := r.Modifications[0].(*mtaclient.ChangeFrom)
+					v, _ := verifier().Verify(strings.Trim(cf.Addr, "<>"))
+					if v.Status != batv.Valid {
+						return fmt.Errorf("submission signed %s: %v", cf.Addr, v.Status)
+					}
+					return nil
+				}}
+		case 1:
+			return mail{msg: mtaclient.Message{Sender: "", Recipients: []string{valid}},
+				check: func(r *mtaclient.Result) error {
+					if !r.Delivered() || len(r.Modifications) != 2 {
+						return fmt.Errorf("valid bounce: %v %v", r.Reply, r.Modifications)
+					}
+					return nil
+				}}
+		}
+		return mail{msg: mtaclient.Message{Sender: "", Recipients: []string{forged}},
+			check: func(r *mtaclient.Result) error {
+				if r.Rcpts[0].SMTPCode() != 550 {
+					return fmt.Errorf("forged bounce: %v", r.Rcpts[0])
+				}
+				return nil
+			}}
+	}
+}
+
+func TestReloadUnderLoad(t *testing.T) {
+	td := startTestDaemon(t)
+	valid := td.sign("alice@example.com", 1)
+	// Every key the keyring ever held verifies the signed senders.
+	var keysMu sync.Mutex
+	allKeys := map[int][]byte{}
+	remember := func() {
+		kr, err := keyring.Load(td.keyring)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keysMu.Lock()
+		defer keysMu.Unlock()
+		for _, k := range kr.Keys(time.Now()) {
+			key, _ := kr.VerificationKey(time.Now(), k.ID, "example.com")
+			allKeys[k.ID] = key.Secret
+		}
+	}
+	remember()
+	verifier := func() *batv.Verifier {
+		keysMu.Lock()
+		defer keysMu.Unlock()
+		keys := multiKeys{}
+		for id, s := range allKeys {
+			keys[id] = s
+		}
+		return &batv.Verifier{Keys: keys, Strict: true}
+	}
+
+	stop := make(chan struct{})
+	var count int64
+	var errs []error
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		count, errs = td.load(8, stop, td.mixedMail(valid, verifier))
+	}()
+
+	time.Sleep(200 * time.Millisecond)
+	// (a) a new valid keyring: rotated, signing with the new key at once.
+	if _, _, err := keyring.Rotate(td.keyring, time.Now(), 0, rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	remember()
+	td.sendReload("msg=reloaded")
+	newID, _ := td.d.keys.Current().SigningKeyID(time.Now())
+	time.Sleep(200 * time.Millisecond)
+
+	// (b) a broken keyring: the daemon keeps the keys it has.
+	good, _ := os.ReadFile(td.keyring)
+	if err := os.WriteFile(td.keyring, []byte("{ this is not a keyring"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	td.sendReload("reload failed")
+	time.Sleep(200 * time.Millisecond)
+
+	// (c) a broken configuration.
+	if err := os.WriteFile(td.keyring, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(td.config)
+	td.writeConfig(string(cfg) + "\n[sign]\nlifetime = 99\n")
+	td.sendReload("reload failed")
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	<-loaded
+
+	if len(errs) > 0 {
+		t.Fatalf("%d wrong answers out of %d; first: %v", len(errs), count, errs[0])
+	}
+	if count < 30 {
+		t.Fatalf("only %d messages during the reloads", count)
+	}
+	if id, _ := td.d.keys.Current().SigningKeyID(time.Now()); id != newID || newID == 0 {
+		t.Fatalf("signing key %d after the failed reloads, want %d", id, newID)
+	}
+	if got := td.metric(`batv_reloads_total{result="success",what="config"}`); got != 1 {
+		t.Errorf("config reload successes: %v", got)
+	}
+	if got := td.metric(`batv_reloads_total{result="failure",what="config"}`); got != 2 {
+		t.Errorf("config reload failures: %v", got)
+	}
+	if got := td.metric(`batv_keyring_signing_key_id`); got != float64(newID) {
+		t.Errorf("signing key id metric %v, want %d", got, newID)
+	}
+	t.Logf("%d messages checked during three reloads", count)
+}
+
+type multiKeys map[int][]byte
+
+func (m multiKeys) SigningKey(time.Time, string) (batv.Key, error) {
+	return batv.Key{}, batv.ErrNoSigningKey
+}
+func (m multiKeys) VerificationKey(_ time.Time, id int, _ string) (batv.Key, bool) {
+	s, ok := m[id]
+	return batv.Key{ID: id, Secret: s}, ok
+}
+
+func TestKeyringFileChangeIsPickedUp(t *testing.T) {
+	td := startTestDaemon(t)
+	if _, _, err := keyring.Rotate(td.keyring, time.Now(), 0, rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(td.log.String(), "keyring reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatal("keyring change not picked up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if id, _ := td.d.keys.Current().SigningKeyID(time.Now()); id != 1 {
+		t.Fatalf("signing key %d, want 1", id)
+	}
+	if err := os.Chmod(td.keyring, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(td.log.String(), "keyring changed but cannot be used") {
+		if time.Now().After(deadline) {
+			t.Fatal("world-readable keyring not reported")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := td.metric(`batv_reloads_total{result="failure",what="keyring"}`); got != 1 {
+		t.Errorf("keyring reload failures: %v", got)
+	}
+}
+
+func TestShutdownUnderLoad(t *testing.T) {
+	td := startTestDaemon(t)
+	valid := td.sign("alice@example.com", 1)
+	// Messages in flight: MAIL and RCPT sent, end of message not yet.
+	var conns []*mtaclient.Conn
+	for range 6 {
+		c := td.dial()
+		if r, err := c.Mail("", nil, nil); err != nil || !r.Continue() {
+			t.Fatal(r, err)
+		}
+		if r, err := c.Rcpt(valid, nil, nil); err != nil || !r.Continue() {
+			t.Fatal(r, err)
+		}
+		conns = append(conns, c)
+	}
+	idle := td.dial()
+	start := time.Now()
+	td.stop <- struct{}{}
+	// The idle connection is closed at once.
+	if _, err := idle.Mail("", nil, nil); err == nil {
+		t.Fatal("idle connection still served after SIGTERM")
+	}
+	// Half the messages in flight finish in time, with the right answer.
+	for _, c := range conns[:3] {
+		res, err := c.EndOfMessage(nil)
+		if err != nil || !res.Reply.Continue() || len(res.Modifications) != 2 {
+			t.Fatalf("message finishing during shutdown: %v %v", res, err)
+		}
+	}
+	// The others never finish: their connections are closed at the
+	// deadline, which Postfix turns into its milter_default_action.
+	select {
+	case err := <-td.done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		td.done <- nil // for the cleanup
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not exit")
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("shutdown took %v with a 2s deadline", took)
+	}
+	for _, c := range conns[3:] {
+		if _, err := c.EndOfMessage(nil); err == nil {
+			t.Fatal("a connection outlived the shutdown deadline")
+		}
+	}
+}
+
+func TestMetricsCountExactly(t *testing.T) {
+	td := startTestDaemon(t)
+	valid := td.sign("alice@example.com", 1)
+	c := td.dial()
+	defer c.Close()
+	for _, m := range []mtaclient.Message{
+		{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},      // signed
+		{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},      // signed
+		{Sender: "alice@example.org", Recipients: []string{"x@example.org"}, AuthUser: "alice"},      // foreign domain
+		{Sender: "", Recipients: []string{valid}},                                                    // valid
+		{Sender: "", Recipients: []string{valid, "prvs=0000000000=bob@example.com"}},                 // valid + expired
+		{Sender: "", Recipients: []string{"bob@example.com"}},                                        // untagged
+		{Sender: "", Recipients: []string{"postmaster@example.com"}},                                 // exempt
+		{Sender: "someone@example.org", Recipients: []string{"bob@example.com", "x@elsewhere.test"}}, // not a bounce
+	} {
+		if _, err := c.Send(&m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for series, want := range map[string]float64{
+		`batv_outbound_messages_total{result="signed"}`:                    2,
+		`batv_outbound_messages_total{result="foreign-domain"}`:            1,
+		`batv_inbound_recipients_total{action="accept",outcome="valid"}`:   2,
+		`batv_inbound_recipients_total{action="reject",outcome="expired"}`: 1,
+		`batv_inbound_recipients_total{action="reject",outcome="missing"}`: 1,
+		`batv_inbound_recipients_total{action="exempt",outcome="missing"}`: 1,
+		`batv_bounces_multiple_recipients_total`:                           1,
+		`batv_connections_open{listener="milter"}`:                         1,
+		`batv_connections_total{listener="milter",result="accepted"}`:      1,
+		// Every recipient of every message is decided by the inbound role.
+		`batv_decision_seconds_count{direction="inbound"}`:                     10,
+		`batv_keyring_keys{state="signing"}`:                                   1,
+		`batv_grace_period_remaining_seconds`:                                  0,
+		`batv_reloads_total{result="success",what="config"}`:                   0,
+		`batv_inbound_recipients_total{action="pass",outcome="missing"}`:       -1, // not counted
+		`batv_outbound_messages_total{result="null-sender"}`:                   -1, // bounces are not outbound
+		`batv_socketmap_lookups_total{map="untag",result="found"}`:             -1, // no socketmap here
+		`batv_inbound_recipients_total{action="deliver-mark",outcome="valid"}`: -1,
+	} {
+		if got := td.metric(series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	resp, err := http.Get("http://" + td.d.MetricsAddr() + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz: %v %v", resp, err)
+	}
+}
+
+func TestRunRefusesBadStart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "batv.toml")
+	kr := filepath.Join(dir, "keyring.json")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("keyring = %q\n[sign]\ndomains = [\"example.com\"]\n", kr)), 0o600)
+	// A missing keyring is not created unless create_keyring is set.
+	err := Run(Options{ConfigPath: cfg, Stderr: io.Discard})
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing keyring: %v", err)
+	}
+	// A world-readable keyring is refused.
+	keyring.Create(kr, time.Now(), rand.Reader, keyring.DefaultOptions())
+	os.Chmod(kr, 0o644)
+	if err := Run(Options{ConfigPath: cfg, Stderr: io.Discard}); !errors.Is(err, keyring.ErrInsecureMode) {
+		t.Fatalf("world-readable keyring: %v", err)
+	}
+	// A configuration error is ErrConfig, with every problem.
+	os.WriteFile(cfg, []byte("[sign]\nlifetime = 0\ndomains = [\"a b\"]\nbogus = 1\n"), 0o600)
+	err = Run(Options{ConfigPath: cfg, Stderr: io.Discard})
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "bogus") || !strings.Contains(err.Error(), "sign.lifetime 0") {
+		t.Fatalf("bad configuration: %v", err)
+	}
+}
