@@ -54,9 +54,8 @@ func forge(tagged string) string {
 }
 
 var (
-	mxClient       = Conn{Addr: netip.MustParseAddr("192.0.2.25"), DaemonName: "smtpd"}
-	internalClient = Conn{Addr: netip.MustParseAddr("127.0.0.1"), DaemonName: "smtpd"}
-	partnerClient  = Conn{Addr: netip.MustParseAddr("198.51.100.7"), DaemonName: "smtpd"}
+	mxClient      = Conn{Addr: netip.MustParseAddr("192.0.2.25"), DaemonName: "smtpd"}
+	partnerClient = Conn{Addr: netip.MustParseAddr("198.51.100.7"), DaemonName: "smtpd"}
 )
 
 func TestRecipientDecisions(t *testing.T) {
