@@ -299,6 +299,25 @@ func (c *Conn) Negotiated() Negotiated { return c.neg }
 // NetConn returns the underlying connection.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 
+// WaitClosed waits up to timeout for the milter to close the connection
+// while the MTA sends nothing, as a milter does to an idle connection when
+// it shuts down. It returns nil when the milter closed it, and an error if
+// the timeout passed or the milter sent something instead.
+func (c *Conn) WaitClosed(timeout time.Duration) error {
+	if err := c.nc.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	var b [1]byte
+	n, err := c.nc.Read(b[:])
+	switch {
+	case n > 0:
+		return protoErr("wait for close", "milter sent %#x instead of closing", b[0])
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("milter did not close the connection within %v", timeout)
+	}
+	return nil
+}
+
 // Err returns the error that broke the connection, if any. After an error
 // every high-level call returns it again.
 func (c *Conn) Err() error { return c.err }
