@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"encoding/binary"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -27,6 +28,10 @@ type session struct {
 	rcpts    []rcptState
 	bounces  int // recipients in protected domains of a null-sender message
 	forged   int // incoming status headers to remove
+	// protected counts the recipients in domains the inbound milter
+	// verifies: a message with none has no status header to clean.
+	protected int
+	signRcpts []string // scratch for applyOutbound
 }
 
 // rcptState is one recipient as received and what was decided for it.
@@ -49,6 +54,7 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomi
 	// 127.0.0.1, port 0; Sendmail reports family "unix" or "unknown".
 	f.Local = family == "unix" || family == "unknown" || family == "" || port == 0
 	s.c.facts = f
+	s.c.postfix = strings.HasPrefix(m.Macros["v"], "Postfix")
 	s.log().Debug("connect", "client", host, "family", family, "addr", f.Addr, "port", port,
 		"daemon_name", f.DaemonName, "local", f.Local)
 	return gomilter.RespContinue, nil
@@ -83,6 +89,9 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	}
 	st := rcptState{addr: rcpt, d: Recipient{Action: ActPass, KeyID: -1}}
 	if s.srv().Roles&Inbound != 0 {
+		if s.policy.Protects(rcpt) {
+			s.protected++
+		}
 		start := time.Now()
 		st.d = s.policy.Recipient(Envelope{Conn: s.c.facts, Sender: s.sender}, rcpt, s.srv().now())
 		s.srv().Metrics.decision("inbound", time.Since(start).Seconds())
@@ -103,11 +112,35 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	return gomilter.RespContinue, nil
 }
 
+// respSkip is SMFIR_SKIP: send no more events of this kind.
+var respSkip = gomilter.NewResponse('s', nil)
+
 func (s *session) Header(name, _ string, _ *gomilter.Modifier) (gomilter.Response, error) {
-	if s.policy != nil && strings.EqualFold(name, s.policy.StatusHeader()) {
+	if s.policy == nil {
+		return gomilter.RespContinue, nil
+	}
+	if s.skipHeaders() {
+		// Every header is a round trip. Postfix skips the rest of the
+		// headers of this message after SMFIR_SKIP (milter8.c keeps a
+		// skip_event_type for any event). libmilter documents SKIP for
+		// body chunks only and Sendmail's handling at the header stage is
+		// unverified, so this is done for Postfix only.
+		s.log().Debug("headers skipped: outbound, no protected recipient", "queue_id", s.queueID)
+		return respSkip, nil
+	}
+	if strings.EqualFold(name, s.policy.StatusHeader()) {
 		s.forged++
 	}
 	return gomilter.RespContinue, nil
+}
+
+// skipHeaders reports whether the headers of the current message are of no
+// use: the message is ours to sign, so it came from our own users, and
+// goes to no recipient whose mail the inbound milter marks, so a status
+// header in it misleads nobody who trusts batv's. The headers are only
+// read to remove such forged status headers.
+func (s *session) skipHeaders() bool {
+	return s.c.postfix && s.outbound != "" && s.protected == 0
 }
 
 func (s *session) Headers(textproto.MIMEHeader, *gomilter.Modifier) (gomilter.Response, error) {
@@ -128,13 +161,18 @@ func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
 	if id := m.Macros["i"]; id != "" {
 		s.queueID = id
 	}
-	if err := s.applyInbound(m); err != nil {
+	if err := s.applyInbound(); err != nil {
 		return nil, err
 	}
-	return s.applyOutbound(m)
+	return s.applyOutbound()
 }
 
-func (s *session) applyInbound(m *gomilter.Modifier) error {
+// Modifications are written by the session itself rather than with
+// go-milter's Modifier, which allocates a 4 KiB buffer and a formatted
+// string per packet: they go into the connection's held-back buffer and
+// out with the reply (conn.Write), in the same bytes go-milter would send.
+
+func (s *session) applyInbound() error {
 	if s.srv().Roles&Inbound == 0 {
 		return nil
 	}
@@ -144,8 +182,13 @@ func (s *session) applyInbound(m *gomilter.Modifier) error {
 	}
 	name := s.policy.StatusHeader()
 	// Delete from the last occurrence, so the indexes of the others hold.
+	c := s.c
 	for i := s.forged; i >= 1; i-- {
-		if err := m.ChangeHeader(i, name, ""); err != nil {
+		c.modStart(modChangeHeader)
+		c.modUint32(uint32(i))
+		c.modString(name)
+		c.modString("")
+		if err := c.modSend(); err != nil {
 			return err
 		}
 	}
@@ -155,23 +198,32 @@ func (s *session) applyInbound(m *gomilter.Modifier) error {
 		if d.Rewrite != "" && d.Rewrite != r.addr && d.Reply == "" {
 			// Postfix matches DELRCPT exactly: delete the address as
 			// received.
-			if err := m.DeleteRecipient(r.addr); err != nil {
+			c.modStart(modDelRcpt)
+			c.modString("<", r.addr, ">")
+			if err := c.modSend(); err != nil {
 				return err
 			}
 			if !added[d.Rewrite] {
 				added[d.Rewrite] = true
-				if err := m.AddRecipient(d.Rewrite); err != nil {
+				c.modStart(modAddRcpt)
+				c.modString("<", d.Rewrite, ">")
+				if err := c.modSend(); err != nil {
 					return err
 				}
 			}
 		}
 		if d.Mark != "" {
-			if err := m.AddHeader(name, d.Mark); err != nil {
+			c.modStart(modAddHeader)
+			c.modString(name)
+			c.modString(d.Mark)
+			if err := c.modSend(); err != nil {
 				return err
 			}
 		}
 		if d.Action == ActQuarantine {
-			if err := m.Quarantine("BATV: untagged bounce to <" + r.addr + ">"); err != nil {
+			c.modStart(modQuarantine)
+			c.modString("BATV: untagged bounce to <", r.addr, ">")
+			if err := c.modSend(); err != nil {
 				return err
 			}
 		}
@@ -179,16 +231,17 @@ func (s *session) applyInbound(m *gomilter.Modifier) error {
 	return nil
 }
 
-func (s *session) applyOutbound(m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) applyOutbound() (gomilter.Response, error) {
 	if s.outbound == "" {
 		return gomilter.RespContinue, nil
 	}
-	rcpts := make([]string, 0, len(s.rcpts))
+	rcpts := s.signRcpts[:0]
 	for _, r := range s.rcpts {
 		if r.d.Reply == "" {
 			rcpts = append(rcpts, r.addr)
 		}
 	}
+	s.signRcpts = rcpts
 	start := time.Now()
 	res := s.policy.Sign(s.sender, rcpts, s.srv().now())
 	s.srv().Metrics.decision("outbound", time.Since(start).Seconds())
@@ -206,7 +259,9 @@ func (s *session) applyOutbound(m *gomilter.Modifier) (gomilter.Response, error)
 			"outcome", "skipped", "reason", res.Skip, "sender", s.sender, "why_ours", s.outbound)
 		return gomilter.RespContinue, nil
 	}
-	if err := m.ChangeFrom("<" + res.Address + ">"); err != nil {
+	s.c.modStart(modChangeFrom)
+	s.c.modString("<", res.Address, ">")
+	if err := s.c.modSend(); err != nil {
 		return nil, err
 	}
 	s.srv().Metrics.signed("signed")
@@ -224,7 +279,7 @@ func (s *session) Abort(*gomilter.Modifier) error {
 func (s *session) reset() {
 	s.policy, s.sender, s.outbound, s.queueID = nil, "", "", ""
 	s.rcpts = s.rcpts[:0]
-	s.bounces, s.forged = 0, 0
+	s.bounces, s.forged, s.protected = 0, 0, 0
 }
 
 func (s *session) logRecipient(rcpt string, d Recipient) {
@@ -245,3 +300,51 @@ func (s *session) logRecipient(rcpt string, d Recipient) {
 }
 
 func (s *session) log() *slog.Logger { return s.c.log }
+
+// Modification packets (SMFIR_*).
+const (
+	modAddRcpt      = '+'
+	modDelRcpt      = '-'
+	modChangeFrom   = 'e'
+	modAddHeader    = 'h'
+	modChangeHeader = 'm'
+	modQuarantine   = 'q'
+)
+
+// modStart begins a modification packet in the connection's scratch
+// buffer.
+func (c *conn) modStart(code byte) {
+	c.mbuf = append(c.mbuf[:0], 0, 0, 0, 0, code)
+}
+
+// modUint32 appends a network-order integer (a header index).
+func (c *conn) modUint32(v uint32) {
+	c.mbuf = binary.BigEndian.AppendUint32(c.mbuf, v)
+}
+
+// modString appends the concatenation of parts as one NUL-terminated
+// string, with CRLF turned into LF as go-milter does for header values
+// (Postfix wants LF).
+func (c *conn) modString(parts ...string) {
+	for _, p := range parts {
+		if strings.IndexByte(p, '\r') < 0 {
+			c.mbuf = append(c.mbuf, p...)
+			continue
+		}
+		for i := 0; i < len(p); i++ {
+			if p[i] == '\r' && i+1 < len(p) && p[i+1] == '\n' {
+				continue
+			}
+			c.mbuf = append(c.mbuf, p[i])
+		}
+	}
+	c.mbuf = append(c.mbuf, 0)
+}
+
+// modSend frames the packet and writes it, which holds it back until the
+// reply that ends the message.
+func (c *conn) modSend() error {
+	binary.BigEndian.PutUint32(c.mbuf, uint32(len(c.mbuf)-4))
+	_, err := c.Write(c.mbuf)
+	return err
+}

@@ -1,0 +1,262 @@
+package milter
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/batv/batv/milter/mtaclient"
+)
+
+// The benchmarks run a Server with its real logger (a text handler that
+// formats every line, then discards it) and metrics on a unix socket, and
+// drive it with mtaclient over one connection, one message at a time: a
+// message's ns/op is the round-trip latency of both sides on one machine,
+// and allocs/op and B/op are those of both sides (BenchmarkClientAlone in
+// package mtaclient's terms: see BenchmarkSendFastPeer there for the
+// client's own share). docs/performance.md has the figures.
+
+func benchServer(b *testing.B, roles Roles, mod func(*Config)) string {
+	b.Helper()
+	p := testPolicy(b, mod)
+	dir, err := os.MkdirTemp("", "batv-bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "m.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &Server{Name: "bench", Roles: roles, Policy: func() *Policy { return p },
+		Now:     func() time.Time { return testNow },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Metrics: NewMetrics(prometheus.NewRegistry())}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	return path
+}
+
+func benchDial(b *testing.B, path, addr, daemon string) *mtaclient.Conn {
+	b.Helper()
+	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: path, Timeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	info := mtaclient.PostfixInfo{Hostname: "mail.example.com", DaemonName: daemon, ClientAddr: addr}
+	if r, err := c.Connect("client.example.org", '4', 25000, addr, mtaclient.StockMacros(mtaclient.StageConnect, info)); err != nil || !r.Continue() {
+		b.Fatalf("connect: %v %v", r, err)
+	}
+	if r, err := c.Helo("client.example.org", nil); err != nil || !r.Continue() {
+		b.Fatalf("helo: %v %v", r, err)
+	}
+	return c
+}
+
+// benchHeaders are six headers, as in the load tests.
+func benchHeaders(to string) []mtaclient.Header {
+	return []mtaclient.Header{
+		{Name: "From", Value: " Alice <alice@example.com>"}, {Name: "To", Value: " <" + to + ">"},
+		{Name: "Subject", Value: " benchmark"}, {Name: "Date", Value: " Tue, 3 Mar 2026 10:00:00 +0000"},
+		{Name: "Message-ID", Value: " <1.bench@example.com>"}, {Name: "MIME-Version", Value: " 1.0"},
+	}
+}
+
+var benchBody = []byte(strings.Repeat("The quick brown fox jumps over the lazy dog, again and again.\r\n", 32))
+
+func BenchmarkMessage(b *testing.B) {
+	valid := tag(b, "user@example.com", 1)
+	noHeaders := func(c *Config) { c.Verify.RemoveForgedHeaders = false }
+	outbound := &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
+		AuthUser: "alice", QueueID: "4ABC", Headers: benchHeaders("bob@example.org"), Body: benchBody}
+	bounce := &mtaclient.Message{Sender: "", Recipients: []string{valid}, QueueID: "4ABD",
+		Headers: benchHeaders(valid), Body: benchBody}
+	forged := &mtaclient.Message{Sender: "", Recipients: []string{forge(valid)}, QueueID: "4ABE",
+		Headers: benchHeaders(valid), Body: benchBody}
+	for _, bm := range []struct {
+		name  string
+		roles Roles
+		mod   func(*Config)
+		msg   *mtaclient.Message
+		check func(*mtaclient.Result) bool
+	}{
+		{"outbound/listener=outbound", Outbound, nil, outbound, signedOnce},
+		{"outbound/listener=both", Outbound | Inbound, nil, outbound, signedOnce},
+		{"inbound-valid/listener=inbound", Inbound, nil, bounce, rewritten},
+		{"inbound-valid/listener=inbound,no-headers", Inbound, noHeaders, bounce, rewritten},
+		{"inbound-valid/listener=both", Outbound | Inbound, nil, bounce, rewritten},
+		{"inbound-forged/listener=inbound", Inbound, nil, forged, refused},
+	} {
+		b.Run(bm.name, func(b *testing.B) {
+			path := benchServer(b, bm.roles, bm.mod)
+			addr, daemon := "203.0.113.5", "submission"
+			if bm.msg.Sender == "" {
+				addr, daemon = "198.51.100.25", "mail.example.com"
+			}
+			c := benchDial(b, path, addr, daemon)
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := c.Send(bm.msg)
+				if err != nil || !bm.check(res) {
+					b.Fatalf("%v %v: %+v", res, err, res.Modifications)
+				}
+			}
+		})
+	}
+}
+
+func signedOnce(res *mtaclient.Result) bool {
+	if !res.Delivered() || len(res.Modifications) != 1 {
+		return false
+	}
+	_, ok := res.Modifications[0].(*mtaclient.ChangeFrom)
+	return ok
+}
+
+func rewritten(res *mtaclient.Result) bool {
+	return res.Delivered() && len(res.Modifications) == 2
+}
+
+func refused(res *mtaclient.Result) bool {
+	return res.Reply.Rejected() && res.StoppedAt == mtaclient.CmdRcpt
+}
+
+// BenchmarkDecisionLog is the cost of the one log line per decision the
+// milter must write, with the handler the daemon uses (text, to a
+// discarding writer, so only the formatting is measured).
+func BenchmarkDecisionLog(b *testing.B) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil)).With("listener", "milter", "conn", uint64(42))
+	b.ReportAllocs()
+	for b.Loop() {
+		log.Info("signed", "queue_id", "4ABC", "direction", "outbound", "outcome", "signed",
+			"reason", OutAuthenticated, "key_id", 1, "sender", "alice@example.com",
+			"tagged", "prvs=1234567890=alice@example.com")
+	}
+}
+
+// TestHeadersSkippedForOutboundMail: on a listener with both roles, the
+// headers of a message ours to sign with no protected recipient are
+// skipped after the first (one round trip instead of one per header) on
+// Postfix; every header is read when a recipient is protected, and on
+// other MTAs.
+func TestHeadersSkippedForOutboundMail(t *testing.T) {
+	_, path := testServer(t, Outbound|Inbound, nil, nil)
+	headers := []mtaclient.Header{{Name: "X-BATV-Status", Value: "valid"}, {Name: "Subject", Value: "hi"},
+		{Name: "X-BATV-Status", Value: "valid"}}
+	out := func(rcpt string) *mtaclient.Message {
+		return &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{rcpt}, AuthUser: "alice",
+			QueueID: "4ABC", Headers: headers, Body: []byte("hello\r\n")}
+	}
+
+	c := dial(t, path, "203.0.113.5", "submission")
+	if r, err := c.Mail("alice@example.com", nil, map[string]string{"{auth_authen}": "alice"}); err != nil || !r.Continue() {
+		t.Fatal(r, err)
+	}
+	if r, err := c.Rcpt("bob@example.org", nil, nil); err != nil || !r.Continue() {
+		t.Fatal(r, err)
+	}
+	if r, err := c.Header("Subject", "hi", nil); err != nil || !r.Skipped() {
+		t.Fatalf("first header of outbound mail: %v %v, want skip", r, err)
+	}
+	if err := c.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	// Send honours the skip as Postfix does: no other header is sent, and
+	// the status header seen first is left alone.
+	if got := mods(send(t, c, out("bob@example.org"))); !strings.HasPrefix(got, "CHGFROM <prvs=") || strings.Contains(got, ";") {
+		t.Errorf("outbound to a remote recipient: %s", got)
+	}
+	// A protected recipient: every header is read, forged ones removed.
+	got := mods(send(t, c, out("carol@example.com")))
+	if !strings.HasPrefix(got, "CHGHEADER 2 X-BATV-Status=; CHGHEADER 1 X-BATV-Status=; CHGFROM <prvs=") {
+		t.Errorf("outbound to a protected recipient: %s", got)
+	}
+
+	// Not Postfix (no v macro at CONNECT): no skip.
+	nc, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: path, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if r, err := nc.Connect("client.example.org", '4', 25000, "203.0.113.5", map[string]string{"j": "mx", "{daemon_name}": "submission"}); err != nil || !r.Continue() {
+		t.Fatal(r, err)
+	}
+	got = mods(send(t, nc, out("bob@example.org")))
+	if !strings.HasPrefix(got, "CHGHEADER 2 X-BATV-Status=; CHGHEADER 1 X-BATV-Status=; CHGFROM <prvs=") {
+		t.Errorf("outbound to a remote recipient, not Postfix: %s", got)
+	}
+}
+
+// BenchmarkPolicy is the cost of the decisions themselves, without the
+// protocol.
+func BenchmarkPolicy(b *testing.B) {
+	p := testPolicy(b, nil)
+	valid := tag(b, "user@example.com", 1)
+	b.Run("Sign", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if r := p.Sign("alice@example.com", []string{"bob@example.org"}, testNow); r.Address == "" {
+				b.Fatal(r)
+			}
+		}
+	})
+	b.Run("Recipient", func(b *testing.B) {
+		env := Envelope{Conn: mxClient}
+		b.ReportAllocs()
+		for b.Loop() {
+			if r := p.Recipient(env, valid, testNow); r.Action != ActAccept {
+				b.Fatal(r)
+			}
+		}
+	})
+}
+
+// BenchmarkMetrics is the cost of the counters and the histogram one
+// message updates.
+func BenchmarkMetrics(b *testing.B) {
+	m := NewMetrics(prometheus.NewRegistry())
+	b.ReportAllocs()
+	for b.Loop() {
+		m.decision("inbound", 2e-6)
+		m.recipient("valid", "accept")
+	}
+}
+
+// TestModificationPackets: the modifications the session writes itself
+// (not through go-milter's Modifier) are what the MTA expects, for every
+// kind batv sends.
+func TestModificationPackets(t *testing.T) {
+	_, path := testServer(t, Inbound, func(c *Config) { c.Verify.UntaggedBounce = "quarantine" }, nil)
+	c := dial(t, path, "192.0.2.25", "smtpd")
+	res := send(t, c, &mtaclient.Message{Sender: "", Recipients: []string{"user@example.com"},
+		Headers: []mtaclient.Header{{Name: "X-BATV-Status", Value: "valid"}}, Body: []byte("hi\r\n")})
+	want := "CHGHEADER 1 X-BATV-Status=; ADDHEADER X-BATV-Status=untagged; rcpt=<user@example.com>; " +
+		`QUARANTINE "BATV: untagged bounce to <user@example.com>"`
+	if got := mods(res); got != want {
+		t.Errorf("modifications\n%s\nwant\n%s", got, want)
+	}
+
+	var cn conn
+	cn.modStart(modAddHeader)
+	cn.modString("X-A")
+	cn.modString("one\r\n\ttwo")
+	if got, want := string(cn.mbuf), "\x00\x00\x00\x00hX-A\x00one\n\ttwo\x00"; got != want {
+		t.Errorf("packet %q, want %q", got, want)
+	}
+}
