@@ -68,6 +68,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			milterCommand(),
 			checkConfigCommand(),
 			explainCommand(),
+			generateManCommand(), completionCommand(),
+			benchCommand(),
 		},
 		OnUsageError: onUsageError,
 	}
