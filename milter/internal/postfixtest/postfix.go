@@ -924,6 +924,21 @@ func (i *Instance) Stop() error {
 	return errors.Join(errs...)
 }
 
+// Restart stops the instance as Stop does and starts it again with the same
+// configuration, ports, queue and sink, as "postfix stop; postfix start"
+// does. Every smtpd, cleanup and milter connection of the old master is
+// gone when it returns.
+func (i *Instance) Restart() error {
+	if err := i.Stop(); err != nil {
+		return err
+	}
+	timeout := i.opts.StartTimeout
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	return i.startPostfix(time.Now().Add(timeout))
+}
+
 // groupHasLiveMember reports whether process group pgid has a member that
 // is not a zombie.
 func groupHasLiveMember(pgid int) bool {

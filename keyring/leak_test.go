@@ -1,0 +1,133 @@
+package keyring
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// leakWindows returns every run of the secret that would show in text as
+// part of a leak: 8 raw bytes, 12 hex digits (either case) or 12 base64
+// characters (standard or URL alphabet, at each of the three alignments),
+// taken from anywhere in the secret. A message quoting a damaged secret
+// in part contains one of them.
+func leakWindows(secret []byte) []string {
+	var out []string
+	add := func(s string, n int) {
+		for i := 0; i+n <= len(s); i++ {
+			out = append(out, s[i:i+n])
+		}
+	}
+	add(string(secret), 8)
+	h := hex.EncodeToString(secret)
+	add(h, 12)
+	add(strings.ToUpper(h), 12)
+	for off := range 3 {
+		if off >= len(secret) {
+			break
+		}
+		for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+			s := enc.EncodeToString(secret[off:])
+			add(s[:len(s)-1], 12) // the last character depends on what follows
+		}
+	}
+	return out
+}
+
+// assertNoLeak fails if text contains any window of any secret.
+func assertNoLeak(t *testing.T, what, text string, secrets [][]byte) {
+	t.Helper()
+	for _, s := range secrets {
+		for _, w := range leakWindows(s) {
+			if strings.Contains(text, w) {
+				t.Fatalf("%s shows part of a secret (%q):\n%s", what, w, text)
+			}
+		}
+	}
+}
+
+// TestDamagedFileErrorsShowNoSecret damages a keyring file in every place
+// and every way a disk, an editor or a careless copy would (truncation,
+// a deleted byte, a replaced byte, an inserted quote), and checks that no
+// error from Parse, Load or Check quotes any part of a secret, even when
+// the damage is inside the secret itself.
+func TestDamagedFileErrorsShowNoSecret(t *testing.T) {
+	rng := rand.New(rand.NewChaCha8([32]byte{'b', 'a', 't', 'v'}))
+	secrets := [][]byte{make([]byte, 32), make([]byte, 32), make([]byte, 24)}
+	for _, s := range secrets {
+		for i := range s {
+			s[i] = byte(rng.Uint32())
+		}
+	}
+	r, err := New(t0, &fixedReader{b: append(append([]byte{}, secrets[0]...), secrets[1]...)}, DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _, err = r.Rotate(t0.Add(day), 0, &fixedReader{b: secrets[1]}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = r.Import(t0.Add(day), 5, secrets[2], ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	good, err := r.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets {
+		if !strings.Contains(string(good), base64.StdEncoding.EncodeToString(s)) {
+			t.Fatal("the test keyring does not hold the test secrets")
+		}
+	}
+
+	var variants [][]byte
+	for i := range good {
+		variants = append(variants, good[:i])                                             // truncated
+		variants = append(variants, append(append([]byte{}, good[:i]...), good[i+1:]...)) // byte deleted
+		for _, c := range []byte{'!', '"', '\\', '}', '=', 'A', 0, '\n'} {
+			v := append([]byte{}, good...)
+			v[i] = c
+			variants = append(variants, v) // byte replaced
+		}
+		variants = append(variants, append(append(append([]byte{}, good[:i]...), '"'), good[i:]...)) // quote inserted
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyring.json")
+	errs := 0
+	for n, v := range variants {
+		_, err := Parse(v)
+		if err == nil {
+			continue
+		}
+		errs++
+		assertNoLeak(t, "Parse error", err.Error(), secrets)
+		// Through the file as well, for a sample (each is a file write).
+		if n%7 == 0 {
+			if err := os.WriteFile(path, v, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Load(path); err != nil {
+				assertNoLeak(t, "Load error", err.Error(), secrets)
+			}
+			res := Check(path, t0)
+			assertNoLeak(t, "Check problems", strings.Join(res.Problems, "\n"), secrets)
+		}
+	}
+	t.Logf("%d damaged files, %d refused, none quoting a secret", len(variants), errs)
+	if errs < len(variants)/2 {
+		t.Errorf("only %d of %d damaged files refused", errs, len(variants))
+	}
+}
+
+// fixedReader yields its bytes, then zeros.
+type fixedReader struct{ b []byte }
+
+func (f *fixedReader) Read(p []byte) (int, error) {
+	n := copy(p, f.b)
+	f.b = f.b[n:]
+	clear(p[n:])
+	return len(p), nil
+}

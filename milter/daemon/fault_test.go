@@ -1,0 +1,706 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batv/batv/batv"
+	"github.com/batv/batv/keyring"
+	"github.com/batv/batv/milter/mtaclient"
+)
+
+// Faults while mail flows: the daemon runs in-process on a unix socket
+// with a clock the test sets, mail goes through it from several MTA
+// connections and every answer is checked, and the keyring, the
+// configuration, the clock and the MTA misbehave in turn. docs/robustness.md
+// has the table of what the daemon does for each.
+
+// fakeClock is a settable clock.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newClock(t time.Time) *fakeClock {
+	c := &fakeClock{}
+	c.Set(t)
+	return c
+}
+
+func (c *fakeClock) Now() time.Time      { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *fakeClock) Set(t time.Time)     { c.ns.Store(t.UnixNano()) }
+func (c *fakeClock) Add(d time.Duration) { c.ns.Add(int64(d)) }
+
+// faultDaemon is a daemon run in-process for the fault tests.
+type faultDaemon struct {
+	t                       *testing.T
+	dir, config, kr, sock   string
+	clock                   *fakeClock
+	reload, stop            chan struct{}
+	done                    chan error
+	d                       *Daemon
+	log                     syncBuffer
+	goodKeyring, goodConfig []byte
+	keys                    *keyring.Keyring // the keyring the daemon started with
+}
+
+const faultConfig = `
+keyring = %q
+keyring_poll = "100ms"
+
+[log]
+level = "debug"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[limits]
+shutdown_timeout = "2s"
+
+[[listener]]
+name = "milter"
+address = "unix:%s"
+roles = ["outbound", "inbound"]
+
+[sign]
+domains = ["example.com"]
+internal_networks = []
+%s
+
+[verify]
+grace_until = 2000-01-01T00:00:00Z
+%s
+`
+
+// startFaultDaemon creates a keyring made at created and runs the daemon
+// with the clock; signExtra and verifyExtra are added to the [sign] and
+// [verify] tables.
+func startFaultDaemon(t *testing.T, clock *fakeClock, created time.Time, signExtra, verifyExtra string) *faultDaemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "batv-fault")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	fd := &faultDaemon{t: t, dir: dir, config: filepath.Join(dir, "batv.toml"), kr: filepath.Join(dir, "keyring.json"),
+		sock: filepath.Join(dir, "milter.sock"), clock: clock,
+		reload: make(chan struct{}), stop: make(chan struct{}, 2), done: make(chan error, 1)}
+	if fd.keys, err = keyring.Create(fd.kr, created, rand.Reader, keyring.DefaultOptions()); err != nil {
+		t.Fatal(err)
+	}
+	fd.goodKeyring, _ = os.ReadFile(fd.kr)
+	fd.goodConfig = []byte(fmt.Sprintf(faultConfig, fd.kr, fd.sock, signExtra, verifyExtra))
+	if err := os.WriteFile(fd.config, fd.goodConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan *Daemon, 1)
+	go func() {
+		fd.done <- Run(Options{ConfigPath: fd.config, Stderr: &fd.log, Now: clock.Now, Reload: fd.reload, Stop: fd.stop,
+			Ready: func(d *Daemon) { ready <- d }})
+	}()
+	select {
+	case fd.d = <-ready:
+	case err := <-fd.done:
+		t.Fatalf("Run: %v\n%s", err, fd.log.String())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon not ready\n%s", fd.log.String())
+	}
+	t.Cleanup(func() {
+		fd.stop <- struct{}{}
+		select {
+		case err := <-fd.done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("the daemon did not stop")
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", fd.log.String())
+		}
+	})
+	return fd
+}
+
+func (fd *faultDaemon) dial() *mtaclient.Conn {
+	fd.t.Helper()
+	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: fd.sock, Timeout: 10 * time.Second})
+	if err != nil {
+		fd.t.Fatal(err)
+	}
+	if r, err := c.Connect("mx.example.org", mtaclient.FamilyInet, 4000, "192.0.2.1", nil); err != nil || !r.Continue() {
+		fd.t.Fatal(r, err)
+	}
+	return c
+}
+
+// scraper does not keep connections open, so that goroutine counts are
+// not disturbed by idle HTTP connections.
+var scraper = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+
+// metrics returns the metrics endpoint's text.
+func (fd *faultDaemon) metrics() string {
+	fd.t.Helper()
+	resp, err := scraper.Get("http://" + fd.d.MetricsAddr() + "/metrics")
+	if err != nil {
+		fd.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
+// metric returns one series' value, or -1.
+func (fd *faultDaemon) metric(series string) float64 {
+	fd.t.Helper()
+	for _, line := range strings.Split(fd.metrics(), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			fmt.Sscan(rest, &v)
+			return v
+		}
+	}
+	return -1
+}
+
+// waitLog waits until the log holds more than n lines containing s, and
+// returns the new count.
+func (fd *faultDaemon) waitLog(s string, n int) int {
+	fd.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c := strings.Count(fd.log.String(), s); c > n {
+			return c
+		}
+		if time.Now().After(deadline) {
+			fd.t.Fatalf("no new %q in the log", s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// sign signs addr with the daemon's starting keyring, as of at.
+func (fd *faultDaemon) sign(addr string, at time.Time) string {
+	fd.t.Helper()
+	s := batv.Signer{Keys: fd.keys, Now: func() time.Time { return at }}
+	r, err := s.Sign(addr)
+	if err != nil || r.Address == "" {
+		fd.t.Fatalf("sign %s: %v %v", addr, r.Skip, err)
+	}
+	return r.Address
+}
+
+// faultMail is the checked mail of the fault tests: a signed submission,
+// a valid bounce, a forged bounce and an untagged bounce, in turn. The
+// daemon must decide each one the same way whatever happens to its files.
+func (fd *faultDaemon) faultMail(i int, c *mtaclient.Conn) error {
+	now := fd.clock.Now()
+	valid := fd.sign("alice@example.com", now.Add(-24*time.Hour))
+	forged := valid[:14] + string("01"[(valid[14]-'0'+1)%2]) + valid[15:]
+	verifier := batv.Verifier{Keys: fd.keys, Now: fd.clock.Now, Strict: true}
+	switch i % 4 {
+	case 0:
+		res, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
+		if err != nil {
+			return err
+		}
+		if len(res.Modifications) != 1 {
+			return fmt.Errorf("submission: %v %v", res.Reply, res.Modifications)
+		}
+		cf, _ := res.Modifications[0].(*mtaclient.ChangeFrom)
+		if cf == nil {
+			return fmt.Errorf("submission: %v", res.Modifications)
+		}
+		if r, _ := verifier.Verify(strings.Trim(cf.Addr, "<>")); r.Status != batv.Valid {
+			return fmt.Errorf("submission signed as %s: %v", cf.Addr, r.Status)
+		}
+	case 1:
+		res, err := c.Send(&mtaclient.Message{Recipients: []string{valid}})
+		if err != nil {
+			return err
+		}
+		if !res.Delivered() || len(res.Modifications) != 2 {
+			return fmt.Errorf("valid bounce to %s: %v %v", valid, res.Reply, res.Modifications)
+		}
+	case 2, 3:
+		rcpt := forged
+		if i%4 == 3 {
+			rcpt = "alice@example.com"
+		}
+		res, err := c.Send(&mtaclient.Message{Recipients: []string{rcpt}})
+		if err != nil {
+			return err
+		}
+		if res.Rcpts[0].SMTPCode() != 550 || len(res.Modifications) != 0 {
+			return fmt.Errorf("bounce to %s: %v %v", rcpt, res.Rcpts[0], res.Modifications)
+		}
+	}
+	return nil
+}
+
+// runLoad sends faultMail from n connections until stop is closed, and
+// returns the number of messages checked and the first wrong answer.
+func (fd *faultDaemon) runLoad(n int, stop <-chan struct{}) func() (int64, error) {
+	var (
+		wg    sync.WaitGroup
+		count atomic.Int64
+		mu    sync.Mutex
+		first error
+	)
+	for w := range n {
+		c := fd.dial()
+		wg.Go(func() {
+			defer c.Close()
+			for i := w; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := fd.faultMail(i, c); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+				count.Add(1)
+			}
+		})
+	}
+	return func() (int64, error) {
+		wg.Wait()
+		return count.Load(), first
+	}
+}
+
+// replaceFile puts content at path the way a careful tool does: a
+// temporary file renamed over it.
+func replaceFile(t *testing.T, path string, content []byte, mode os.FileMode) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, content, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeyringFaultsWhileMailFlows: the keyring file is deleted, truncated,
+// replaced by garbage, emptied, made world-readable and replaced by a
+// directory while mail flows. Each time the daemon keeps the keys it has,
+// logs why, counts a failed keyring reload, and decides every message as
+// before; when the file is put back it reloads it. It never writes the
+// file.
+func TestKeyringFaultsWhileMailFlows(t *testing.T) {
+	clock := newClock(time.Now())
+	fd := startFaultDaemon(t, clock, clock.Now().Add(-30*24*time.Hour), "", "")
+	stop := make(chan struct{})
+	wait := fd.runLoad(4, stop)
+	const bad, good = "keyring changed but cannot be used", "keyring reloaded"
+
+	faults := []struct {
+		name   string
+		break_ func()
+		// restore puts the good file back.
+		restore func()
+	}{
+		{"deleted", func() { os.Remove(fd.kr) }, func() { replaceFile(t, fd.kr, fd.goodKeyring, 0o600) }},
+		{"truncated in place", func() { os.WriteFile(fd.kr, fd.goodKeyring[:len(fd.goodKeyring)/2], 0o600) },
+			func() { os.WriteFile(fd.kr, fd.goodKeyring, 0o600) }},
+		{"replaced by garbage", func() {
+			garbage := make([]byte, len(fd.goodKeyring))
+			rand.Read(garbage)
+			replaceFile(t, fd.kr, garbage, 0o600)
+		}, func() { replaceFile(t, fd.kr, fd.goodKeyring, 0o600) }},
+		{"emptied", func() { replaceFile(t, fd.kr, nil, 0o600) }, func() { replaceFile(t, fd.kr, fd.goodKeyring, 0o600) }},
+		{"made world-readable", func() { os.Chmod(fd.kr, 0o644) }, func() { os.Chmod(fd.kr, 0o600) }},
+		{"replaced by a directory", func() {
+			os.Remove(fd.kr)
+			os.Mkdir(fd.kr, 0o700)
+		}, func() {
+			os.Remove(fd.kr)
+			replaceFile(t, fd.kr, fd.goodKeyring, 0o600)
+		}},
+		{"a keyring of the wrong version", func() {
+			replaceFile(t, fd.kr, []byte(strings.Replace(string(fd.goodKeyring), `"version": 1`, `"version": 99`, 1)), 0o600)
+		}, func() { replaceFile(t, fd.kr, fd.goodKeyring, 0o600) }},
+	}
+	nBad, nGood := 0, 0
+	for _, f := range faults {
+		time.Sleep(150 * time.Millisecond) // mail flows
+		f.break_()
+		nBad = fd.waitLog(bad, nBad)
+		time.Sleep(250 * time.Millisecond) // mail flows with the file broken
+		f.restore()
+		nGood = fd.waitLog(good, nGood)
+		t.Logf("%s: reported, then reloaded when put back", f.name)
+	}
+	time.Sleep(150 * time.Millisecond)
+	close(stop)
+	count, err := wait()
+	if err != nil {
+		t.Fatalf("a wrong answer after %d right ones: %v", count, err)
+	}
+	t.Logf("%d messages checked, each decided right, through %d faults", count, len(faults))
+	if count < 100 {
+		t.Errorf("only %d messages during the faults", count)
+	}
+	// The counters match the log: one failure per broken state the
+	// watcher saw (a file rewritten in place can be seen twice: empty,
+	// then half written), one success per repair.
+	time.Sleep(300 * time.Millisecond) // the watcher's last poll
+	nBad, nGood = strings.Count(fd.log.String(), bad), strings.Count(fd.log.String(), good)
+	if got := fd.metric(`batv_reloads_total{result="failure",what="keyring"}`); got != float64(nBad) || nBad < len(faults) {
+		t.Errorf("keyring reload failures counted %v, logged %d, for %d faults", got, nBad, len(faults))
+	}
+	if got := fd.metric(`batv_reloads_total{result="success",what="keyring"}`); got != float64(nGood) || nGood < len(faults) {
+		t.Errorf("keyring reload successes counted %v, logged %d", got, nGood)
+	}
+	// The daemon never wrote the file: it is the one put back, and there
+	// is nothing else in the directory but what the test made.
+	if got, _ := os.ReadFile(fd.kr); string(got) != string(fd.goodKeyring) {
+		t.Error("the keyring file changed")
+	}
+	var names []string
+	entries, _ := os.ReadDir(fd.dir)
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{"batv.toml", "keyring.json", "keyring.json.lock", "milter.sock"}; !slices.Equal(names, want) {
+		t.Errorf("directory holds %v, want %v", names, want)
+	}
+	for _, line := range strings.Split(fd.log.String(), "\n") {
+		if strings.Contains(line, bad) && !strings.Contains(line, fd.kr) {
+			t.Errorf("a failure line that does not name the file: %s", line)
+		}
+	}
+}
+
+// TestConfigFaultsOnReload: a broken configuration on reload leaves the
+// running one in force; mail is decided as before; each failure is logged
+// and counted.
+func TestConfigFaultsOnReload(t *testing.T) {
+	clock := newClock(time.Now())
+	fd := startFaultDaemon(t, clock, clock.Now().Add(-30*24*time.Hour), "", "")
+	stop := make(chan struct{})
+	wait := fd.runLoad(4, stop)
+	broken := []struct{ name, content string }{
+		{"a syntax error", string(fd.goodConfig) + "\n[sign\n"},
+		{"an unknown key", string(fd.goodConfig) + "\nlifetme = 3\n"},
+		{"an invalid value", strings.Replace(string(fd.goodConfig), `level = "debug"`, `level = "verbose"`, 1)},
+		{"an empty file", ""},
+		{"no file", "-"},
+	}
+	failures := 0
+	for _, b := range broken {
+		time.Sleep(100 * time.Millisecond)
+		if b.content == "-" {
+			os.Remove(fd.config)
+		} else if err := os.WriteFile(fd.config, []byte(b.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fd.reload <- struct{}{}
+		failures = fd.waitLog("reload failed: the running configuration and keyring stay in force", failures)
+		t.Logf("%s: reload refused", b.name)
+	}
+	// A good file again: the reload succeeds.
+	if err := os.WriteFile(fd.config, fd.goodConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd.reload <- struct{}{}
+	reloads := fd.waitLog("msg=reloaded", 0)
+
+	// A new keyring path is not used before a restart (the watcher keeps
+	// the file it has), and the reload says so. It is not checked either:
+	// a path that does not exist is only found at the next start.
+	moved := strings.Replace(string(fd.goodConfig), fd.kr, fd.kr+".missing", 1)
+	if err := os.WriteFile(fd.config, []byte(moved), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd.reload <- struct{}{}
+	fd.waitLog("msg=reloaded", reloads)
+	if !strings.Contains(fd.log.String(), "take effect at the next restart") {
+		t.Error("a changed keyring path was not reported as needing a restart")
+	}
+	if err := os.WriteFile(fd.config, fd.goodConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd.reload <- struct{}{}
+	fd.waitLog("msg=reloaded", reloads+1)
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	count, err := wait()
+	if err != nil {
+		t.Fatalf("a wrong answer after %d right ones: %v", count, err)
+	}
+	t.Logf("%d messages checked through %d refused reloads", count, len(broken))
+	if got := fd.metric(`batv_reloads_total{result="failure",what="config"}`); got != float64(len(broken)) {
+		t.Errorf("config reload failures %v, want %d", got, len(broken))
+	}
+	if got := fd.metric(`batv_reloads_total{result="success",what="config"}`); got != 3 {
+		t.Errorf("config reload successes %v, want 3", got)
+	}
+}
+
+// day returns the start of UTC day number n.
+func day(n int) time.Time { return time.Unix(int64(n)*86400, 0).UTC() }
+
+// bounce sends a bounce to rcpt and reports "accept", or the 550 reply.
+func bounce(t *testing.T, c *mtaclient.Conn, rcpt string) string {
+	t.Helper()
+	res, err := c.Send(&mtaclient.Message{Recipients: []string{rcpt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rcpts[0].Continue() {
+		want := []string{"DELRCPT", "ADDRCPT"}
+		if !res.Delivered() || len(res.Modifications) != 2 {
+			t.Fatalf("bounce to %s accepted without %v: %v", rcpt, want, res.Modifications)
+		}
+		return "accept"
+	}
+	return res.Rcpts[0].Text
+}
+
+// signNow sends an authenticated submission and returns the signed sender.
+func signNow(t *testing.T, c *mtaclient.Conn) string {
+	t.Helper()
+	res, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
+	if err != nil || len(res.Modifications) != 1 {
+		t.Fatalf("submission: %v %v", res, err)
+	}
+	return strings.Trim(res.Modifications[0].(*mtaclient.ChangeFrom).Addr, "<>")
+}
+
+// TestClockSteps: tags signed before the clock steps across midnight, the
+// end of a year and the day-number wrap of 2027-07-01 (day 21000) verify
+// after it, exactly as long as they should.
+func TestClockSteps(t *testing.T) {
+	if d := day(21000); d != time.Date(2027, 7, 1, 0, 0, 0, 0, time.UTC) {
+		t.Fatalf("day 21000 is %v", d)
+	}
+	clock := newClock(time.Date(2026, 12, 31, 23, 59, 59, 900_000_000, time.UTC))
+	fd := startFaultDaemon(t, clock, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), "", "")
+	c := fd.dial()
+	defer c.Close()
+	const expired = "550 5.7.1 Bounce refused: the recipient address tag is expired (BATV)"
+	check := func(when string, rcpt, want string) {
+		t.Helper()
+		if got := bounce(t, c, rcpt); got != want {
+			t.Errorf("%s (%s): bounce to %s: %q, want %q", when, clock.Now().Format(time.RFC3339Nano), rcpt, got, want)
+		}
+	}
+
+	// Across midnight and the new year.
+	d := int(clock.Now().Unix() / 86400)
+	a := signNow(t, c) // expiry day d+7
+	clock.Set(day(d + 1).Add(100 * time.Millisecond))
+	check("just after midnight", a, "accept")
+	b := signNow(t, c) // expiry day d+8
+	if a[6:9] == b[6:9] {
+		t.Fatalf("tags before and after midnight have the same expiry: %s %s", a, b)
+	}
+	clock.Set(day(d + 8).Add(-time.Second))
+	check("last second of the first tag", a, "accept")
+	check("last second of the first tag", b, "accept")
+	clock.Set(day(d + 8).Add(time.Second))
+	check("first tag expired", a, expired)
+	check("second tag on its last day", b, "accept")
+	clock.Set(day(d + 9).Add(time.Second))
+	check("second tag expired", b, expired)
+
+	// Across the day-number wrap: day 20999 has expiry digits 999+7 = 006.
+	clock.Set(day(20995).Add(12 * time.Hour))
+	w0 := signNow(t, c) // expiry 21002: digits 002
+	clock.Set(day(21000).Add(-100 * time.Millisecond))
+	w1 := signNow(t, c) // expiry 21006: digits 006
+	if w0[6:9] != "002" || w1[6:9] != "006" {
+		t.Fatalf("expiry digits %s and %s, want 002 and 006", w0, w1)
+	}
+	check("the last instant of day 20999", w0, "accept")
+	clock.Set(day(21000).Add(100 * time.Millisecond))
+	check("day 21000 begins", w0, "accept")
+	check("day 21000 begins", w1, "accept")
+	w2 := signNow(t, c)
+	if w2[6:9] != "007" {
+		t.Fatalf("signed on day 21000: %s", w2)
+	}
+	clock.Set(day(21003).Add(-time.Second))
+	check("last second of day 21002", w0, "accept")
+	clock.Set(day(21003))
+	check("day 21003", w0, expired)
+	check("day 21003", w1, "accept")
+	clock.Set(day(21007))
+	check("day 21007", w1, expired)
+	check("day 21007", w2, "accept")
+	clock.Set(day(21008))
+	check("day 21008", w2, expired)
+}
+
+// TestClockStepsBack: a clock stepped back across midnight makes a tag
+// signed just before the step read as expiring one day beyond the window,
+// so a bounce to it in that moment is refused as expired; verify.clock_skew
+// covers it. (NTP slews small errors rather than stepping; this is for a
+// host whose clock is corrected by a step, or a fleet with a skewed host.)
+func TestClockStepsBack(t *testing.T) {
+	for _, tt := range []struct {
+		extra, want string
+	}{
+		{"", "550 5.7.1 Bounce refused: the recipient address tag is expired (BATV)"},
+		{`clock_skew = "5m"`, "accept"},
+	} {
+		t.Run(tt.extra, func(t *testing.T) {
+			clock := newClock(day(20500).Add(time.Second))
+			fd := startFaultDaemon(t, clock, day(20400), "", tt.extra)
+			c := fd.dial()
+			defer c.Close()
+			tagged := signNow(t, c)
+			clock.Set(day(20500).Add(-2 * time.Second)) // stepped back 3 seconds
+			if got := bounce(t, c, tagged); got != tt.want {
+				t.Errorf("bounce to a tag signed 3 seconds later by the clock: %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestMTADropsConnectionsMidMessage: the MTA stops (Postfix's smtpd
+// processes are killed when it stops or restarts) with messages in flight
+// on every connection. The daemon logs each session's end, forgets the
+// transactions, returns to its goroutine baseline, and serves the MTA
+// when it comes back.
+func TestMTADropsConnectionsMidMessage(t *testing.T) {
+	clock := newClock(time.Now())
+	fd := startFaultDaemon(t, clock, clock.Now().Add(-30*24*time.Hour), "", "")
+	warm := fd.dial()
+	if err := fd.faultMail(0, warm); err != nil {
+		t.Fatal(err)
+	}
+	warm.Quit()
+	time.Sleep(100 * time.Millisecond)
+	baseline := runtime.NumGoroutine()
+	valid := fd.sign("alice@example.com", clock.Now().Add(-time.Hour))
+
+	const n = 50
+	var conns []*mtaclient.Conn
+	for range n {
+		c := fd.dial()
+		if r, err := c.Mail("", nil, nil); err != nil || !r.Continue() {
+			t.Fatal(r, err)
+		}
+		if r, err := c.Rcpt(valid, nil, nil); err != nil || !r.Continue() {
+			t.Fatal(r, err)
+		}
+		conns = append(conns, c)
+	}
+	if got := fd.metric(`batv_connections_open{listener="milter"}`); got != n {
+		t.Fatalf("%v connections open, want %d", got, n)
+	}
+	// The MTA goes away: every connection closes without a word.
+	for _, c := range conns {
+		c.NetConn().Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(fd.log.String(), "the MTA closed the connection in the middle of a message") < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("not every session end logged:\n%s", fd.log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := fd.metric(`batv_connections_open{listener="milter"}`); got != 0 {
+		t.Errorf("%v connections open after the MTA went away", got)
+	}
+	if got := fd.metric(`batv_sessions_ended_total{how="closed",listener="milter"}`); got != n {
+		t.Errorf("sessions ended closed: %v, want %d", got, n)
+	}
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > baseline; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines, baseline %d", runtime.NumGoroutine(), baseline)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The MTA is back: mail flows and is decided right, and nothing of
+	// the dropped transactions leaks into the new ones.
+	stop := make(chan struct{})
+	wait := fd.runLoad(4, stop)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	if count, err := wait(); err != nil || count < 20 {
+		t.Fatalf("after the MTA came back: %d messages, %v", count, err)
+	}
+	c := fd.dial()
+	defer c.Close()
+	res, err := c.EndOfMessage(nil)
+	if err != nil || len(res.Modifications) != 0 {
+		t.Fatalf("end of message on a new connection: %v %v", res, err)
+	}
+}
+
+// TestNoSigningKey: when no key signs (here the only key starts signing in
+// an hour), outbound mail goes out unsigned and the failure is logged and
+// counted (sign.on_error = "continue"), or is deferred with 451 at the end
+// of the message ("tempfail"); verification goes on; /healthz says 503.
+func TestNoSigningKey(t *testing.T) {
+	for _, tt := range []struct {
+		onError string
+		reply   string
+	}{
+		{"continue", ""},
+		{"tempfail", "451 4.3.0"},
+	} {
+		t.Run(tt.onError, func(t *testing.T) {
+			clock := newClock(time.Now())
+			created := clock.Now().Add(time.Hour)
+			fd := startFaultDaemon(t, clock, created, "on_error = \""+tt.onError+"\"", "")
+			c := fd.dial()
+			defer c.Close()
+			res, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Modifications) != 0 {
+				t.Fatalf("signed with no signing key: %v", res.Modifications)
+			}
+			switch {
+			case tt.reply == "" && !res.Delivered():
+				t.Fatalf("on_error=continue: %v", res.Reply)
+			case tt.reply != "" && !strings.HasPrefix(res.Reply.Text, tt.reply):
+				t.Fatalf("on_error=tempfail: %v, want %s", res.Reply, tt.reply)
+			}
+			if !strings.Contains(fd.log.String(), "signing failed") {
+				t.Error("no 'signing failed' in the log")
+			}
+			if got := fd.metric(`batv_outbound_messages_total{result="error"}`); got != 1 {
+				t.Errorf("outbound errors counted: %v", got)
+			}
+			// A pending key verifies: a bounce to a tag it made is accepted.
+			tagged := fd.sign("alice@example.com", created.Add(time.Minute))
+			clock.Set(created.Add(-time.Minute))
+			if got := bounce(t, c, tagged); got != "accept" {
+				t.Errorf("bounce to a tag of the pending key: %s", got)
+			}
+			resp, err := scraper.Get("http://" + fd.d.MetricsAddr() + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Errorf("/healthz: %d, want 503", resp.StatusCode)
+			}
+		})
+	}
+}
