@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/batv/batv/milter/internal/postfixtest"
+)
+
+// A reply to a tag with a wrong MAC is delivered untagged and marked with
+// X-BATV-Status. A status header the sender put in the message must not
+// reach the mailbox: batv removes it by default, and with
+// remove_forged_headers = false Postfix's header_checks do, as
+// docs/postfix.md says, without removing batv's own.
+func TestPostfixForgedStatusHeaders(t *testing.T) {
+	s := newSite(t, "accept")
+
+	send := func(t *testing.T, subject string) string {
+		t.Helper()
+		tagged := s.sign(user, 1)
+		tagged = tagged[:9] + flip(tagged[9:15]) + tagged[15:]
+		msg := []byte("From: <carol@remote.test>\r\nTo: <" + tagged + ">\r\nSubject: " + subject +
+			"\r\nX-BATV-Status: valid; rcpt=<" + user + ">\r\nX-Batv-Status: valid\r\n\r\nHello.\r\n")
+		res, err := s.pf.SendMX("carol@remote.test", []string{tagged}, msg)
+		if err != nil || !res.Accepted() {
+			t.Fatalf("send: %v %v", res, err)
+		}
+		m := s.pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), subject) })
+		if len(m.Rcpts) != 1 || m.Rcpts[0] != user {
+			t.Fatalf("delivered to %v, want [%s]", m.Rcpts, user)
+		}
+		return string(m.Data)
+	}
+	statusHeaders := func(data string) []string {
+		head, _, _ := strings.Cut(data, "\r\n\r\n")
+		var got []string
+		for _, line := range strings.Split(head, "\r\n") {
+			if name, value, ok := strings.Cut(line, ":"); ok && strings.EqualFold(name, "X-BATV-Status") {
+				got = append(got, strings.TrimSpace(value))
+			}
+		}
+		return got
+	}
+	want := "bad-signature; rcpt=<"
+
+	t.Run("removed by batv", func(t *testing.T) {
+		got := statusHeaders(send(t, "forged header, batv removes"))
+		if len(got) != 1 || !strings.HasPrefix(got[0], want) {
+			t.Fatalf("X-BATV-Status headers delivered: %q, want only batv's %q...", got, want)
+		}
+	})
+
+	t.Run("removed by header_checks", func(t *testing.T) {
+		checks := filepath.Join(s.dir, "batv_header_checks")
+		writeFile(t, checks, "/^X-BATV-Status:/ IGNORE\n")
+		if err := os.Chmod(checks, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.pf.Postconf(map[string]string{"header_checks": "regexp:" + checks}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.pf.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := os.ReadFile(s.config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// [verify] is the last section of the site's configuration.
+		writeFile(t, s.config, string(cfg)+"remove_forged_headers = false\n")
+		reloads := strings.Count(s.daemon.Log(), "msg=reloaded")
+		if err := s.daemon.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for strings.Count(s.daemon.Log(), "msg=reloaded") == reloads {
+			if time.Now().After(deadline) {
+				t.Fatalf("batv did not reload:\n%s", s.daemon.Log())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		got := statusHeaders(send(t, "forged header, header_checks remove"))
+		if len(got) != 1 || !strings.HasPrefix(got[0], want) {
+			t.Fatalf("X-BATV-Status headers delivered: %q, want only batv's %q...", got, want)
+		}
+	})
+}
