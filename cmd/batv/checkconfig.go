@@ -21,7 +21,7 @@ func checkConfigCommand() *cli.Command {
 			&cli.PathFlag{Name: flagConfig, Aliases: []string{"c"}, EnvVars: []string{envConfig},
 				Usage: "the configuration `FILE`; default: the embedded configuration"},
 			&cli.StringSliceFlag{Name: flagDomain, Aliases: []string{"d"}, Usage: "a mail `DOMAIN`, as for batv milter"},
-			keyringFlag(),
+			daemonKeyringFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			opts := daemonOptions(c)
@@ -29,8 +29,13 @@ func checkConfigCommand() *cli.Command {
 			if err != nil {
 				return cli.Exit(err.Error(), exitUsage)
 			}
-			fmt.Fprintf(c.App.Writer, "configuration %s and keyring %s are valid\n",
-				nameOr(opts.ConfigPath, "(embedded default)"), checked.Config.Keyring)
+			name := nameOr(opts.ConfigPath, "(embedded default)")
+			if checked.KeyringMissing {
+				fmt.Fprintf(c.App.Writer, "configuration %s is valid; keyring %s does not exist yet and batv milter will create it at start\n",
+					name, checked.Config.Keyring)
+				return nil
+			}
+			fmt.Fprintf(c.App.Writer, "configuration %s and keyring %s are valid\n", name, checked.Config.Keyring)
 			return nil
 		},
 	}

@@ -45,6 +45,37 @@ func TestCheckConfigCLI(t *testing.T) {
 	}
 }
 
+// A keyring that does not exist yet is fine when the daemon creates it at
+// start (create_keyring), as on a first start under the systemd unit,
+// whose ExecStartPre runs check-config; otherwise it is an error.
+func TestCheckConfigMissingKeyring(t *testing.T) {
+	dir := t.TempDir()
+	kr := filepath.Join(dir, "state", "keyring.json")
+	cfg := filepath.Join(dir, "batv.toml")
+	write := func(extra string) {
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf("keyring = %q\n%s[sign]\ndomains = [\"example.com\"]\n", kr, extra)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("create_keyring = true\n")
+	code, out, errOut := runCLI(t, "check-config", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "does not exist yet and batv milter will create it at start") {
+		t.Fatalf("missing keyring, create_keyring: %d %q %q", code, out, errOut)
+	}
+	if _, err := os.Stat(kr); !os.IsNotExist(err) {
+		t.Fatalf("check-config created the keyring: %v", err)
+	}
+	code, out, errOut = runCLI(t, "explain", "-c", cfg, "alice@example.com")
+	if code != exitUsage || out != "" || !strings.Contains(errOut, "does not exist yet") {
+		t.Fatalf("explain without a keyring: %d %q %q", code, out, errOut)
+	}
+	write("")
+	code, _, errOut = runCLI(t, "check-config", "-c", cfg)
+	if code != exitUsage || !strings.Contains(errOut, "no such file") {
+		t.Fatalf("missing keyring without create_keyring: %d %q", code, errOut)
+	}
+}
+
 func TestExplainCLI(t *testing.T) {
 	kr := newKeyring(t)
 	code, tagged, _ := runCLI(t, "sign", "--keyring", kr, "--at", "2026-11-20", "alice@example.com")

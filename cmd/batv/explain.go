@@ -33,7 +33,7 @@ func explainCommand() *cli.Command {
 			&cli.PathFlag{Name: flagConfig, Aliases: []string{"c"}, EnvVars: []string{envConfig},
 				Usage: "the configuration `FILE`; default: the embedded configuration"},
 			&cli.StringSliceFlag{Name: flagDomain, Aliases: []string{"d"}, Usage: "a mail `DOMAIN`, as for batv milter"},
-			keyringFlag(),
+			daemonKeyringFlag(),
 			&cli.StringFlag{Name: flagAt, Usage: "explain as on `DATE` (UTC, YYYY-MM-DD or RFC 3339) instead of now"},
 		},
 		Action: func(c *cli.Context) error {
@@ -62,6 +62,9 @@ func explainCommand() *cli.Command {
 			checked, err := daemon.Check(opts)
 			if err != nil {
 				return cli.Exit(err.Error(), exitUsage)
+			}
+			if checked.KeyringMissing {
+				return cli.Exit(fmt.Sprintf("keyring %s does not exist yet: batv milter creates it at start, or run batv keys init", checked.Config.Keyring), exitUsage)
 			}
 			now := nowFn()
 			for i, a := range addrs {

@@ -23,3 +23,13 @@ func keyringFlag() *cli.StringFlag {
 		TakesFile: true,
 	}
 }
+
+// daemonKeyringFlag is keyringFlag for the commands that read the daemon's
+// configuration, where the flag or BATV_KEYRING, when set, wins over the
+// file's keyring setting.
+func daemonKeyringFlag() *cli.StringFlag {
+	f := keyringFlag()
+	f.Usage = "use the keyring file `PATH`, over the configuration's keyring setting (default: the configuration's)"
+	f.Value = ""
+	return f
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -38,7 +37,7 @@ func milterCommand() *cli.Command {
 				Usage: "read the configuration from `FILE` (see batv.toml(5)); default: the embedded configuration"},
 			&cli.StringSliceFlag{Name: flagDomain, Aliases: []string{"d"},
 				Usage: "sign and verify mail `DOMAIN` (repeat for several); added to the file's lists"},
-			keyringFlag(),
+			daemonKeyringFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			opts := daemonOptions(c)
@@ -67,7 +66,7 @@ func milterCommand() *cli.Command {
 			switch {
 			case err == nil:
 				return nil
-			case errors.Is(err, daemon.ErrConfig) || errors.Is(err, keyring.ErrInvalid) || isKeyringLoadError(err):
+			case errors.Is(err, daemon.ErrConfig) || errors.Is(err, daemon.ErrKeyring):
 				return cli.Exit(err.Error(), exitUsage)
 			}
 			return cli.Exit(err.Error(), exitFailure)
@@ -89,14 +88,6 @@ func daemonOptions(c *cli.Context) daemon.Options {
 		opts.Keyring = userKeyringPath()
 	}
 	return opts
-}
-
-// isKeyringLoadError reports whether err is a keyring the daemon cannot
-// start with: missing, not private, or of an unknown version. Like a
-// configuration error, restarting does not help.
-func isKeyringLoadError(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, keyring.ErrInsecureMode) ||
-		errors.Is(err, keyring.ErrUnsupportedVersion)
 }
 
 // userKeyringPath is where the embedded default keeps the keyring when

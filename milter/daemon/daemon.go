@@ -59,6 +59,7 @@ type Daemon struct {
 	log      *slog.Logger
 	level    slog.LevelVar
 	state    atomic.Pointer[state]
+	started  *Config // the configuration the listeners were opened with
 	keys     *keyring.Watcher
 	metrics  *daemonMetrics
 	registry *prometheus.Registry
@@ -101,6 +102,7 @@ func Run(opts Options) error {
 		return err
 	}
 	d.state.Store(st)
+	d.started = cfg
 	d.registry = prometheus.NewRegistry()
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = newDaemonMetrics(d.registry, d)
@@ -219,7 +221,7 @@ func (d *Daemon) openKeyring(cfg *Config) error {
 	}
 	w, err := keyring.NewWatcher(cfg.Keyring, d.keyringChanged)
 	if err != nil {
-		return err
+		return keyringError{err}
 	}
 	d.keys = w
 	return nil
@@ -246,9 +248,11 @@ func (d *Daemon) Reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	_, _ = sddaemon.SdNotify(false, reloadingState())
-	defer sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	// systemd has no way to hear that a reload failed: READY=1 ends the
+	// reload either way, and STATUS= says how it went in systemctl status.
+	status := "reloaded"
+	defer func() { _, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady+"\nSTATUS="+status) }()
 
-	old := d.state.Load()
 	cfg, err := d.loadConfig()
 	if err == nil {
 		err = d.keys.Reload()
@@ -260,10 +264,17 @@ func (d *Daemon) Reload() error {
 	if err != nil {
 		d.metrics.reload("config", false)
 		d.log.Error("reload failed: the running configuration and keyring stay in force", "err", err)
+		status = "reload failed, running on the previous configuration: " + err.Error()
 		return err
 	}
-	if restart := listenersChanged(old.cfg, cfg); restart != "" {
+	if restart := listenersChanged(d.started, cfg); restart != "" {
 		d.log.Warn("reload: listener changes take effect at the next restart", "changed", restart)
+		status = "reloaded; changes to " + restart + " wait for a restart"
+	}
+	if cfg.Keyring != d.started.Keyring {
+		if _, err := keyring.Load(cfg.Keyring); err != nil {
+			d.log.Warn("reload: the new keyring path cannot be used, so the next restart will fail", "keyring", cfg.Keyring, "err", err)
+		}
 	}
 	d.state.Store(st)
 	lvl, _ := parseLevel(cfg.Log.Level)
@@ -545,33 +556,57 @@ func lookupGroup(name string) (int, error) {
 	return strconv.Atoi(g.Gid)
 }
 
+// ErrKeyring is wrapped by the error of a keyring that cannot be loaded at
+// start or by Check: missing, unreadable, readable by others, damaged or of
+// an unknown version. Like a configuration error, it needs a person:
+// restarting does not help.
+var ErrKeyring = errors.New("daemon: keyring cannot be used")
+
+// keyringError marks err with ErrKeyring and keeps its message.
+type keyringError struct{ err error }
+
+func (e keyringError) Error() string   { return e.err.Error() }
+func (e keyringError) Unwrap() []error { return []error{ErrKeyring, e.err} }
+
 // Checked is what Check built: the configuration, the keyring and the
 // policy the daemon would run with.
 type Checked struct {
 	Config  *Config
 	Keyring *keyring.Keyring
 	Policy  *milter.Policy
+	// KeyringMissing is set when the keyring file does not exist and the
+	// configuration has the daemon create it at start (create_keyring):
+	// Keyring is then a throwaway one, made only to build the policy.
+	KeyringMissing bool
 }
 
 // Check does everything Run does before it listens: it reads and checks
 // the configuration, loads the keyring and builds the policy. It returns
 // every configuration problem at once (wrapping ErrConfig), or the
-// keyring's error. It does not create a missing keyring.
+// keyring's error. It does not create a missing keyring; when the daemon
+// would create it, the policy is built with a throwaway one and the result
+// says so.
 func Check(opts Options) (*Checked, error) {
 	d := &Daemon{opts: opts}
 	cfg, err := d.loadConfig()
 	if err != nil {
 		return nil, err
 	}
-	kr, err := keyring.Load(cfg.Keyring)
+	ch := &Checked{Config: cfg}
+	ch.Keyring, err = keyring.Load(cfg.Keyring)
+	if errors.Is(err, fs.ErrNotExist) && cfg.CreateKeyring {
+		opts := keyring.DefaultOptions()
+		opts.MaxLifetimeDays = maxLifetime(cfg)
+		ch.Keyring, err = keyring.New(d.now(), rand.Reader, opts)
+		ch.KeyringMissing = true
+	}
 	if err != nil {
+		return nil, keyringError{err}
+	}
+	if ch.Policy, err = newPolicy(cfg, ch.Keyring); err != nil {
 		return nil, err
 	}
-	p, err := newPolicy(cfg, kr)
-	if err != nil {
-		return nil, err
-	}
-	return &Checked{Config: cfg, Keyring: kr, Policy: p}, nil
+	return ch, nil
 }
 
 // newPolicy builds the policy of cfg with keyring kr, after checking that
