@@ -402,7 +402,13 @@ func (d *Daemon) lookup(mm *milter.Metrics) func(context.Context, string, string
 		v, ok, err := d.state.Load().policy.Lookup(name, key, d.now())
 		switch {
 		case err != nil:
-			mm.Lookup(name, "error")
+			// The map name comes from the client: count an unknown one
+			// under one label, so bogus names cannot grow the metrics.
+			label := name
+			if name != milter.MapUntag && name != milter.MapStrip {
+				label = "unknown"
+			}
+			mm.Lookup(label, "error")
 			d.log.Warn("socketmap lookup refused", "map", name, "err", err)
 			return socketmap.Perm(err.Error())
 		case ok:

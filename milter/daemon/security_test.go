@@ -307,6 +307,11 @@ grace_until = 2000-01-01T00:00:00Z
 	}
 	body, _ := io.ReadAll(metrics.Body)
 	metrics.Body.Close()
+	// A map name from the client is not a label value: "bogus" is counted
+	// as unknown.
+	if !strings.Contains(string(body), `batv_socketmap_lookups_total{map="unknown",result="error"} 1`) || strings.Contains(string(body), `map="bogus"`) {
+		t.Errorf("lookups of an unknown map not counted under map=\"unknown\":\n%s", body)
+	}
 	health, err := scraper.Get("http://" + d.MetricsAddr() + "/healthz")
 	if err != nil {
 		t.Fatal(err)
