@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -148,20 +149,13 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	// Listeners and socketmap in a file replace the defaults entirely.
 	cfg.Listeners, cfg.Socketmap = nil, nil
 	cfg.CreateKeyring = false
+	// A syntax error is reported alone: what follows it cannot be read.
+	if _, err := toml.Decode(string(data), &map[string]any{}); err != nil {
+		return nil, &ConfigError{Problems: []string{decodeProblem(name, err)}}
+	}
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
 	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s:%d:%d: %s", name, pe.Position.Line, pe.Position.Col, pe.Message)}}
-		}
-		if m := tomlErrRe.FindStringSubmatch(err.Error()); m != nil {
-			key := ""
-			if m[2] != "" {
-				key = " " + m[2] + ":"
-			}
-			return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s:%s:%s %s", name, m[1], key, m[3])}}
-		}
-		return nil, &ConfigError{Problems: []string{fmt.Sprintf("%s: %v", name, err)}}
+		return nil, &ConfigError{Problems: valueProblems(name, data, err)}
 	}
 	loc := newLocator(data)
 	var errs []string
@@ -364,6 +358,70 @@ func parseRoles(roles []string) (milter.Roles, error) {
 // BurntSushi/toml does not report positions of keys it decoded.
 type locator struct {
 	lines map[string]int // "table.key" or "table[i].key" -> line
+}
+
+// valueProblems reports every value of data that cannot be converted to
+// its setting's type, err being the first one the decoder met. The
+// decoder stops at one (which one depends on its map order), so the line
+// of each is blanked in turn and the file decoded again, until no more
+// turn up; the problems come back in file order.
+func valueProblems(name string, data []byte, err error) []string {
+	type found struct {
+		line int
+		text string
+	}
+	var all []found
+	lines := bytes.SplitAfter(bytes.Clone(data), []byte("\n"))
+	for range len(lines) {
+		line := errorLine(err)
+		all = append(all, found{line, decodeProblem(name, err)})
+		if line < 1 || line > len(lines) || bytes.HasPrefix(bytes.TrimSpace(lines[line-1]), []byte("[")) {
+			break // no line, or a table's: blanking it would move its keys
+		}
+		lines[line-1] = []byte("\n")
+		blanked := string(bytes.Join(lines, nil))
+		if _, err := toml.Decode(blanked, &map[string]any{}); err != nil {
+			break // blanking the line broke the syntax: stop here
+		}
+		if _, err = toml.Decode(blanked, &Config{}); err == nil {
+			break
+		}
+	}
+	slices.SortStableFunc(all, func(a, b found) int { return a.line - b.line })
+	out := make([]string, len(all))
+	for i, f := range all {
+		out[i] = f.text
+	}
+	return out
+}
+
+// errorLine is the line of a decoding error, or 0.
+func errorLine(err error) int {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		return pe.Position.Line
+	}
+	if m := tomlErrRe.FindStringSubmatch(err.Error()); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	return 0
+}
+
+// decodeProblem words a decoding error with the file name and line.
+func decodeProblem(name string, err error) string {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		return fmt.Sprintf("%s:%d:%d: %s", name, pe.Position.Line, pe.Position.Col, pe.Message)
+	}
+	if m := tomlErrRe.FindStringSubmatch(err.Error()); m != nil {
+		key := ""
+		if m[2] != "" {
+			key = " " + m[2] + ":"
+		}
+		return fmt.Sprintf("%s:%s:%s %s", name, m[1], key, m[3])
+	}
+	return fmt.Sprintf("%s: %v", name, err)
 }
 
 // tomlErrRe matches BurntSushi/toml's decoding errors that are not a
