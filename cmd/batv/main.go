@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -73,24 +75,48 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		},
 		OnUsageError: onUsageError,
 	}
+	app.Action = unknownCommand
 	setUsageErrorHandler(app.Commands)
 	return app
+}
+
+// unknownCommand is the action of the application and of each command that
+// only has subcommands: help without arguments, a usage error (exit 2)
+// for a command that does not exist, instead of urfave/cli's exit 3, which
+// batv verify uses for "no tag".
+func unknownCommand(c *cli.Context) error {
+	if !c.Args().Present() {
+		return cli.ShowSubcommandHelp(c)
+	}
+	name := commandName(c)
+	return usageError("unknown command %q (see %s --help)", c.Args().First(), name)
 }
 
 // onUsageError turns a flag parsing error into one line on stderr and exit
 // status 2, instead of urfave/cli's full help text on stdout.
 func onUsageError(c *cli.Context, err error, _ bool) error {
-	name := "batv"
-	if c.Command != nil && c.Command.Name != "" {
-		name = "batv " + c.Command.FullName()
+	return usageError("%v (see %s --help)", err, commandName(c))
+}
+
+// commandName is the command line that names c's command: "batv keys".
+func commandName(c *cli.Context) string {
+	var names []string
+	for _, l := range c.Lineage() {
+		if l.Command != nil && l.Command.Name != "" && l.Command.Name != c.App.Name {
+			names = append(names, l.Command.Name)
+		}
 	}
-	return usageError("%v (see %s --help)", err, name)
+	slices.Reverse(names)
+	return strings.Join(append([]string{c.App.Name}, names...), " ")
 }
 
 func setUsageErrorHandler(cmds []*cli.Command) {
 	for _, c := range cmds {
 		if c.OnUsageError == nil {
 			c.OnUsageError = onUsageError
+		}
+		if c.Action == nil && len(c.Subcommands) > 0 {
+			c.Action = unknownCommand
 		}
 		setUsageErrorHandler(c.Subcommands)
 	}

@@ -108,3 +108,28 @@ func TestTagCLIUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+// An unknown command or flag is a usage error (exit 2, one line naming the
+// help to read), never urfave/cli's exit 3, which verify means "no tag".
+func TestUnknownCommandsAndFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"nosuch"}, `batv: unknown command "nosuch" (see batv --help)`},
+		{[]string{"keys", "nosuch"}, `batv: unknown command "nosuch" (see batv keys --help)`},
+		{[]string{"--bogus"}, "(see batv --help)"},
+		{[]string{"keys", "rotate", "--bogus"}, "(see batv keys rotate --help)"},
+	} {
+		code, out, errOut := runCLI(t, tt.args...)
+		if code != exitUsage || out != "" || !strings.Contains(errOut, tt.want) || strings.Count(errOut, "\n") != 1 {
+			t.Errorf("%v: status %d, stdout %q, stderr %q; want 2 and %q", tt.args, code, out, errOut, tt.want)
+		}
+	}
+	// Without arguments, help on stdout and success.
+	for _, args := range [][]string{nil, {"keys"}} {
+		if code, out, _ := runCLI(t, args...); code != 0 || !strings.Contains(out, "USAGE") {
+			t.Errorf("%v: status %d, stdout %q", args, code, out)
+		}
+	}
+}
