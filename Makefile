@@ -65,4 +65,4 @@ man:
 	$(GO) run -ldflags '$(LDFLAGS)' ./cmd/batv generate-man --reference docs/batv.toml man
 
 clean:
-	rm -rf bin
+	rm -rf bin man
