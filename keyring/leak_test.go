@@ -2,53 +2,14 @@ package keyring
 
 import (
 	"encoding/base64"
-	"encoding/hex"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/batv/batv/keyring/keyringtest"
 )
-
-// leakWindows returns every run of the secret that would show in text as
-// part of a leak: 8 raw bytes, 12 hex digits (either case) or 12 base64
-// characters (standard or URL alphabet, at each of the three alignments),
-// taken from anywhere in the secret. A message quoting a damaged secret
-// in part contains one of them.
-func leakWindows(secret []byte) []string {
-	var out []string
-	add := func(s string, n int) {
-		for i := 0; i+n <= len(s); i++ {
-			out = append(out, s[i:i+n])
-		}
-	}
-	add(string(secret), 8)
-	h := hex.EncodeToString(secret)
-	add(h, 12)
-	add(strings.ToUpper(h), 12)
-	for off := range 3 {
-		if off >= len(secret) {
-			break
-		}
-		for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-			s := enc.EncodeToString(secret[off:])
-			add(s[:len(s)-1], 12) // the last character depends on what follows
-		}
-	}
-	return out
-}
-
-// assertNoLeak fails if text contains any window of any secret.
-func assertNoLeak(t *testing.T, what, text string, secrets [][]byte) {
-	t.Helper()
-	for _, s := range secrets {
-		for _, w := range leakWindows(s) {
-			if strings.Contains(text, w) {
-				t.Fatalf("%s shows part of a secret (%q):\n%s", what, w, text)
-			}
-		}
-	}
-}
 
 // TestDamagedFileErrorsShowNoSecret damages a keyring file in every place
 // and every way a disk, an editor or a careless copy would (truncation,
@@ -103,17 +64,17 @@ func TestDamagedFileErrorsShowNoSecret(t *testing.T) {
 			continue
 		}
 		errs++
-		assertNoLeak(t, "Parse error", err.Error(), secrets)
+		keyringtest.AssertNone(t, "Parse error", err.Error(), secrets)
 		// Through the file as well, for a sample (each is a file write).
 		if n%7 == 0 {
 			if err := os.WriteFile(path, v, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := Load(path); err != nil {
-				assertNoLeak(t, "Load error", err.Error(), secrets)
+				keyringtest.AssertNone(t, "Load error", err.Error(), secrets)
 			}
 			res := Check(path, t0)
-			assertNoLeak(t, "Check problems", strings.Join(res.Problems, "\n"), secrets)
+			keyringtest.AssertNone(t, "Check problems", strings.Join(res.Problems, "\n"), secrets)
 		}
 	}
 	t.Logf("%d damaged files, %d refused, none quoting a secret", len(variants), errs)

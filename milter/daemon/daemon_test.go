@@ -52,6 +52,8 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// testConfig is the daemon configuration of these tests: a keyring, a
+// unix socket, then extra [sign] and [verify] settings.
 const testConfig = `
 keyring = %q
 keyring_poll = "100ms"
@@ -73,9 +75,11 @@ roles = ["outbound", "inbound"]
 [sign]
 domains = ["example.com"]
 internal_networks = []
+%s
 
 [verify]
 grace_until = 2000-01-01T00:00:00Z
+%s
 `
 
 // keyringCreated is when the test keyrings are made: long enough ago that
@@ -94,7 +98,7 @@ func startTestDaemon(t *testing.T) *testDaemon {
 	if _, err := keyring.Create(td.keyring, keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
-	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock))
+	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""))
 	ready := make(chan *Daemon, 1)
 	go func() {
 		td.done <- Run(Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload, Stop: td.stop,

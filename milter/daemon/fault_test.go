@@ -53,34 +53,6 @@ type faultDaemon struct {
 	keys                    *keyring.Keyring // the keyring the daemon started with
 }
 
-const faultConfig = `
-keyring = %q
-keyring_poll = "100ms"
-
-[log]
-level = "debug"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[limits]
-shutdown_timeout = "2s"
-
-[[listener]]
-name = "milter"
-address = "unix:%s"
-roles = ["outbound", "inbound"]
-
-[sign]
-domains = ["example.com"]
-internal_networks = []
-%s
-
-[verify]
-grace_until = 2000-01-01T00:00:00Z
-%s
-`
-
 // startFaultDaemon creates a keyring made at created and runs the daemon
 // with the clock; signExtra and verifyExtra are added to the [sign] and
 // [verify] tables.
@@ -98,7 +70,7 @@ func startFaultDaemon(t *testing.T, clock *fakeClock, created time.Time, signExt
 		t.Fatal(err)
 	}
 	fd.goodKeyring, _ = os.ReadFile(fd.kr)
-	fd.goodConfig = []byte(fmt.Sprintf(faultConfig, fd.kr, fd.sock, signExtra, verifyExtra))
+	fd.goodConfig = []byte(fmt.Sprintf(testConfig, fd.kr, fd.sock, signExtra, verifyExtra))
 	if err := os.WriteFile(fd.config, fd.goodConfig, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -19,56 +19,13 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/keyring"
+	"github.com/batv/batv/keyring/keyringtest"
 	"github.com/batv/batv/milter/mtaclient"
 )
 
 // Security checks of the running daemon: no key material in any log line,
 // error or metrics output, and files and sockets created with the modes
 // docs/security.md promises.
-
-// secretWindows returns every run of secret that would show in text as
-// part of a leak: 8 raw bytes, 12 hex digits in either case, or 12 base64
-// characters of either alphabet at each of the three alignments.
-func secretWindows(secret []byte) []string {
-	var out []string
-	add := func(s string, n int) {
-		for i := 0; i+n <= len(s); i++ {
-			out = append(out, s[i:i+n])
-		}
-	}
-	add(string(secret), 8)
-	h := hex.EncodeToString(secret)
-	add(h, 12)
-	add(strings.ToUpper(h), 12)
-	for off := range min(3, len(secret)) {
-		for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-			s := enc.EncodeToString(secret[off:])
-			add(s[:len(s)-1], 12)
-		}
-	}
-	return out
-}
-
-// findSecret returns the first window of a secret found in text, and
-// where, or "".
-func findSecret(text string, secrets [][]byte) (string, int) {
-	for _, s := range secrets {
-		for _, w := range secretWindows(s) {
-			if i := strings.Index(text, w); i >= 0 {
-				return w, i
-			}
-		}
-	}
-	return "", -1
-}
-
-func assertNoSecretIn(t *testing.T, what, text string, secrets [][]byte) {
-	t.Helper()
-	if w, i := findSecret(text, secrets); w != "" {
-		lo, hi := max(0, i-200), min(len(text), i+200)
-		t.Fatalf("%s shows part of a secret (%q) in:\n%s", what, w, text[lo:hi])
-	}
-}
 
 // readerOf yields b, then fails: the test knows every secret the daemon
 // has.
@@ -152,7 +109,7 @@ func noKeyMaterial(t *testing.T, format string) {
 		base64.StdEncoding.EncodeToString(secrets[0])[7:20], base64.RawURLEncoding.EncodeToString(secrets[1][1:])[3:16],
 		hex.EncodeToString(secrets[1])[30:43], strings.ToUpper(hex.EncodeToString(secrets[0]))[1:14], string(secrets[2][5:14]),
 	} {
-		if w, _ := findSecret("error: "+leak+" here", secrets); w == "" {
+		if w, _ := keyringtest.Find("error: "+leak+" here", secrets); w == "" {
 			t.Fatalf("the scan misses %q", leak)
 		}
 	}
@@ -288,10 +245,10 @@ grace_until = 2000-01-01T00:00:00Z
 				accepted++
 			}
 			if _, err := keyring.Load(kr); err != nil {
-				assertNoSecretIn(t, "keyring.Load error", err.Error(), secrets)
+				keyringtest.AssertNone(t, "keyring.Load error", err.Error(), secrets)
 			}
 			res := keyring.Check(kr, now)
-			assertNoSecretIn(t, "keyring.Check problems", strings.Join(res.Problems, "\n"), secrets)
+			keyringtest.AssertNone(t, "keyring.Check problems", strings.Join(res.Problems, "\n"), secrets)
 		}
 	}
 	replaceFile(t, kr, good, 0o600)
@@ -337,10 +294,10 @@ grace_until = 2000-01-01T00:00:00Z
 		}
 	}
 	t.Logf("scanned %d log lines and %d bytes of metrics", strings.Count(logText, "\n"), len(body))
-	assertNoSecretIn(t, "the log", logText, secrets)
-	assertNoSecretIn(t, "the metrics", string(body), secrets)
-	assertNoSecretIn(t, "healthz", string(hbody), secrets)
-	assertNoSecretIn(t, "the start error", startErr.Error(), secrets)
+	keyringtest.AssertNone(t, "the log", logText, secrets)
+	keyringtest.AssertNone(t, "the metrics", string(body), secrets)
+	keyringtest.AssertNone(t, "healthz", string(hbody), secrets)
+	keyringtest.AssertNone(t, "the start error", startErr.Error(), secrets)
 }
 
 // TestCreatedFileModes: with a umask of 0, the keyring the daemon creates
