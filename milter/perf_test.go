@@ -4,9 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,28 +23,10 @@ import (
 
 func benchServer(b *testing.B, roles Roles, mod func(*Config)) string {
 	b.Helper()
-	p := testPolicy(b, mod)
-	dir, err := os.MkdirTemp("", "batv-bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "m.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &Server{Name: "bench", Roles: roles, Policy: func() *Policy { return p },
-		Now:     func() time.Time { return testNow },
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Metrics: NewMetrics(prometheus.NewRegistry())}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
+	_, path := testServer(b, roles, mod, func(s *Server) {
+		s.Name = "bench"
+		s.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		s.Metrics = NewMetrics(prometheus.NewRegistry())
 	})
 	return path
 }

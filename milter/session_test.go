@@ -21,7 +21,7 @@ import (
 
 // testServer serves the milter with roles and the test policy on a unix
 // socket and returns the server and the socket path.
-func testServer(t *testing.T, roles Roles, mod func(*Config), tweak func(*Server)) (*Server, string) {
+func testServer(t testing.TB, roles Roles, mod func(*Config), tweak func(*Server)) (*Server, string) {
 	t.Helper()
 	p := testPolicy(t, mod)
 	dir, err := os.MkdirTemp("", "batv-milter")
@@ -54,7 +54,7 @@ func testServer(t *testing.T, roles Roles, mod func(*Config), tweak func(*Server
 
 // testLog sends the server's log lines to the test log and keeps them.
 type testLog struct {
-	t  *testing.T
+	t  testing.TB
 	mu sync.Mutex
 	b  bytes.Buffer
 }
