@@ -1,18 +1,15 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/milter"
+	"github.com/batv/batv/milter/miltertest"
 )
 
 // benchMilter serves batv's milter, both roles, with key id 2 and the
@@ -23,32 +20,7 @@ func benchMilter(t *testing.T, keyFile string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := milter.DefaultConfig("example.com")
-	cfg.Verify.GraceUntil = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-	p, err := milter.NewPolicy(cfg, batv.SingleKey{ID: 2, Secret: secret}, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "bench")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "m.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &milter.Server{Name: "test", Roles: milter.Outbound | milter.Inbound, Policy: func() *milter.Policy { return p }}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return "unix:" + path
+	return "unix:" + miltertest.Serve(t, "example.com", batv.SingleKey{ID: 2, Secret: secret})
 }
 
 func TestBenchCLI(t *testing.T) {

@@ -170,7 +170,12 @@ func (td *testDaemon) metric(series string) float64 {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
+	return seriesValue(string(body), series)
+}
+
+// seriesValue returns the value of one series in a metrics page, or -1.
+func seriesValue(page, series string) float64 {
+	for _, line := range strings.Split(page, "\n") {
 		if rest, ok := strings.CutPrefix(line, series+" "); ok {
 			var v float64
 			fmt.Sscan(rest, &v)

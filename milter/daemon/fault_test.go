@@ -134,14 +134,7 @@ func (fd *faultDaemon) metrics() string {
 // metric returns one series' value, or -1.
 func (fd *faultDaemon) metric(series string) float64 {
 	fd.t.Helper()
-	for _, line := range strings.Split(fd.metrics(), "\n") {
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			var v float64
-			fmt.Sscan(rest, &v)
-			return v
-		}
-	}
-	return -1
+	return seriesValue(fd.metrics(), series)
 }
 
 // waitLog waits until the log holds more than n lines containing s, and

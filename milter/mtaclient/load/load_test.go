@@ -15,7 +15,7 @@ import (
 	gomilter "github.com/emersion/go-milter"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/milter"
+	"github.com/batv/batv/milter/miltertest"
 	"github.com/batv/batv/milter/mtaclient"
 )
 
@@ -35,27 +35,7 @@ func sockPath(t *testing.T) string {
 // serveBATV serves batv's own milter with both roles.
 func serveBATV(t *testing.T) string {
 	t.Helper()
-	cfg := milter.DefaultConfig(DefaultDomain)
-	cfg.Verify.GraceUntil = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-	p, err := milter.NewPolicy(cfg, testKeys, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := sockPath(t)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &milter.Server{Name: "test", Roles: milter.Outbound | milter.Inbound, Policy: func() *milter.Policy { return p }}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return path
+	return miltertest.Serve(t, DefaultDomain, testKeys)
 }
 
 // serveNop serves a go-milter milter that continues at everything.

@@ -1,0 +1,50 @@
+// Package miltertest serves batv's milter on a unix socket, for the tests
+// of the packages that drive it as an MTA would.
+package miltertest
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/batv/batv/batv"
+	"github.com/batv/batv/milter"
+)
+
+// Serve serves the milter with both roles and the default policy for
+// domain, signing and verifying with keys and with the grace period for
+// untagged bounces over, on a unix socket in a new temporary directory
+// (short enough for sun_path), until the test ends. It returns the
+// socket's path.
+func Serve(t testing.TB, domain string, keys batv.Keyring) string {
+	t.Helper()
+	cfg := milter.DefaultConfig(domain)
+	cfg.Verify.GraceUntil = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	p, err := milter.NewPolicy(cfg, keys, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "miltertest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "m.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &milter.Server{Name: "test", Roles: milter.Outbound | milter.Inbound, Policy: func() *milter.Policy { return p }}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	return path
+}
