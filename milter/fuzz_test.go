@@ -421,6 +421,17 @@ type fuzzModel struct {
 	rcpts   []string
 	forged  int
 	replies []fuzzReply
+	// proto is the protocol agreed at the first option negotiation (what
+	// the milter's first OPTNEG reply says): the events it names
+	// SMFIP_NR_* for get no reply.
+	proto  uint32
+	agreed bool
+}
+
+// noReply reports whether the milter sends no reply to cmd.
+func (m *fuzzModel) noReply(cmd byte) bool {
+	flag := map[byte]uint32{'C': 1 << 12, 'M': 1 << 14, 'L': 1 << 7}[cmd]
+	return m.proto&flag != 0
 }
 
 var fuzzVerifier = batv.Verifier{Keys: testKeys, Now: func() time.Time { return testNow }}
@@ -511,6 +522,9 @@ func checkFuzzSession(t *testing.T, roles Roles, prog []fuzzOp, replies []fuzzRe
 				m.forged++
 			}
 		}
+		if m.noReply(op.cmd) {
+			continue
+		}
 		if len(m.replies) == 0 {
 			return // the session ended here
 		}
@@ -529,8 +543,18 @@ func checkFuzzSession(t *testing.T, roles Roles, prog []fuzzOp, replies []fuzzRe
 		}
 		switch op.cmd {
 		case 'O':
-			if r.code != 'O' {
-				fail(i, "OPTNEG answered %q", r.code)
+			if r.code != 'O' || len(r.data) < 12 {
+				fail(i, "OPTNEG answered %q %q", r.code, r.data)
+			}
+			if !m.agreed {
+				m.proto, m.agreed = binary.BigEndian.Uint32(r.data[8:12]), true
+				// Asked of an MTA that opened with a well-formed
+				// negotiation, nothing beyond what it offered.
+				if n := len(op.data); i == 0 && n >= 12 && n <= 63 {
+					if offer := binary.BigEndian.Uint32(op.data[8:12]); m.proto&^offer != 0 {
+						fail(i, "protocol %#x agreed to an offer of %#x", m.proto, offer)
+					}
+				}
 			}
 		case 'C':
 			if r.code != 'c' && r.code != 't' {

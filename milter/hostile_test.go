@@ -182,9 +182,16 @@ func macroData(stage byte, kv ...string) []byte {
 	return d
 }
 
-// optneg is the OPTNEG packet Postfix sends.
+// optneg is the OPTNEG packet Postfix sends, less the offer to do without
+// replies (SMFIP_NR_*), as from an MTA that predates them: then every
+// packet but a macro gets a reply these tests can check.
 var optneg = packet('O', binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(
-	binary.BigEndian.AppendUint32(nil, mtaclient.PostfixVersion), mtaclient.PostfixActions), mtaclient.PostfixProtocol))
+	binary.BigEndian.AppendUint32(nil, mtaclient.PostfixVersion), mtaclient.PostfixActions), mtaclient.PostfixProtocol&^noReplyOffer))
+
+// noReplyOffer is the SMFIP_NR_* part of Postfix's offer.
+const noReplyOffer = mtaclient.ProtoNoHeaderRepl | mtaclient.ProtoNoConnRepl | mtaclient.ProtoNoHeloRepl |
+	mtaclient.ProtoNoMailRepl | mtaclient.ProtoNoRcptRepl | mtaclient.ProtoNoDataRepl | mtaclient.ProtoNoUnknRepl |
+	mtaclient.ProtoNoEOHRepl | mtaclient.ProtoNoBodyRepl
 
 // rawPeer is an MTA that writes packets as it likes.
 type rawPeer struct {
@@ -826,4 +833,54 @@ func TestThousandsOfIdleConnections(t *testing.T) {
 	if len(res.Modifications) != 1 {
 		t.Fatalf("after the flood: %v %s", res.Reply, mods(res))
 	}
+}
+
+// TestNoReplyWhereTheMTADoesNotWait: offered what Postfix offers, the
+// milter agrees to send no reply to CONNECT, MAIL and headers, and keeps
+// to it, since a reply the MTA does not read would be taken as the answer
+// to its next question. Offered none of that, it replies to each.
+func TestNoReplyWhereTheMTADoesNotWait(t *testing.T) {
+	h := startHostile(t, nil)
+	valid := tag(t, "user@example.com", 1)
+	p := dialRaw(t, h.path)
+	postfix := packet('O', binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(
+		binary.BigEndian.AppendUint32(nil, mtaclient.PostfixVersion), mtaclient.PostfixActions), mtaclient.PostfixProtocol))
+	p.write(postfix)
+	if _, code, data := p.reply(); code != 'O' || len(data) < 12 {
+		t.Fatalf("OPTNEG: %q %q", code, data)
+	} else if got, want := binary.BigEndian.Uint32([]byte(data[8:12]))&noReplyOffer, mtaclient.ProtoNoConnRepl|mtaclient.ProtoNoMailRepl|mtaclient.ProtoNoHeaderRepl; got != want {
+		t.Fatalf("no-reply flags agreed: %#x, want %#x", got, want)
+	}
+	// The first reply is the RCPT's refusal, not an answer to CONNECT or
+	// MAIL.
+	p.write(packet('C', connectData("mx.example.org", "192.0.2.25")), packet('M', cstr("<>")), packet('R', cstr("<"+forge(valid)+">")))
+	if _, code, data := p.reply(); code != 'y' || !strings.HasPrefix(data, "550") {
+		t.Fatalf("first reply after CONNECT, MAIL, RCPT: %q %q, want the 550 for RCPT", code, data)
+	}
+	// The first packet after the headers and the end of message is the
+	// removal of the forged status header, not an answer to a header.
+	p.write(packet('A'), packet('M', cstr("<>")), packet('R', cstr("<"+valid+">")))
+	if _, code, _ := p.reply(); code != 'c' {
+		t.Fatalf("RCPT of a valid tag: %q", code)
+	}
+	p.write(packet('L', cstr("X-BATV-Status"), cstr("valid")), packet('L', cstr("Subject"), cstr("hi")), packet('E'))
+	c, d, err := p.r.ReadPacket()
+	if err != nil || c != 'm' || !bytes.Contains(d, []byte("X-BATV-Status")) {
+		t.Fatalf("first packet after the headers: %q %q %v, want the removal of the status header", c, d, err)
+	}
+	if mods, code, _ := p.reply(); code != 'c' || len(mods) != 2 {
+		t.Fatalf("end of message: %q with %q, want the recipient rewrite and continue", code, mods)
+	}
+
+	// An MTA that offers no such thing gets a reply to each, and a
+	// negotiation within its offer.
+	q := dialRaw(t, h.path)
+	q.write(optneg)
+	if _, code, data := q.reply(); code != 'O' || binary.BigEndian.Uint32([]byte(data[8:12]))&noReplyOffer != 0 {
+		t.Fatalf("OPTNEG without the offer: %q %q", code, data)
+	}
+	q.expectReply("CONNECT", 'c', packet('C', connectData("mx.example.org", "192.0.2.25")))
+	q.expectReply("MAIL", 'c', packet('M', cstr("<>")))
+	q.expectReply("RCPT", 'c', packet('R', cstr("<"+valid+">")))
+	q.expectReply("header", 'c', packet('L', cstr("Subject"), cstr("hi")))
 }

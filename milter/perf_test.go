@@ -129,59 +129,6 @@ func BenchmarkDecisionLog(b *testing.B) {
 	}
 }
 
-// TestHeadersSkippedForOutboundMail: on a listener with both roles, the
-// headers of a message ours to sign with no protected recipient are
-// skipped after the first (one round trip instead of one per header) on
-// Postfix; every header is read when a recipient is protected, and on
-// other MTAs.
-func TestHeadersSkippedForOutboundMail(t *testing.T) {
-	_, path := testServer(t, Outbound|Inbound, nil, nil)
-	headers := []mtaclient.Header{{Name: "X-BATV-Status", Value: "valid"}, {Name: "Subject", Value: "hi"},
-		{Name: "X-BATV-Status", Value: "valid"}}
-	out := func(rcpt string) *mtaclient.Message {
-		return &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{rcpt}, AuthUser: "alice",
-			QueueID: "4ABC", Headers: headers, Body: []byte("hello\r\n")}
-	}
-
-	c := dial(t, path, "203.0.113.5", "submission")
-	if r, err := c.Mail("alice@example.com", nil, map[string]string{"{auth_authen}": "alice"}); err != nil || !r.Continue() {
-		t.Fatal(r, err)
-	}
-	if r, err := c.Rcpt("bob@example.org", nil, nil); err != nil || !r.Continue() {
-		t.Fatal(r, err)
-	}
-	if r, err := c.Header("Subject", "hi", nil); err != nil || !r.Skipped() {
-		t.Fatalf("first header of outbound mail: %v %v, want skip", r, err)
-	}
-	if err := c.Abort(); err != nil {
-		t.Fatal(err)
-	}
-	// Send honours the skip as Postfix does: no other header is sent, and
-	// the status header seen first is left alone.
-	if got := mods(send(t, c, out("bob@example.org"))); !strings.HasPrefix(got, "CHGFROM <prvs=") || strings.Contains(got, ";") {
-		t.Errorf("outbound to a remote recipient: %s", got)
-	}
-	// A protected recipient: every header is read, forged ones removed.
-	got := mods(send(t, c, out("carol@example.com")))
-	if !strings.HasPrefix(got, "CHGHEADER 2 X-BATV-Status=; CHGHEADER 1 X-BATV-Status=; CHGFROM <prvs=") {
-		t.Errorf("outbound to a protected recipient: %s", got)
-	}
-
-	// Not Postfix (no v macro at CONNECT): no skip.
-	nc, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: path, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	if r, err := nc.Connect("client.example.org", '4', 25000, "203.0.113.5", map[string]string{"j": "mx", "{daemon_name}": "submission"}); err != nil || !r.Continue() {
-		t.Fatal(r, err)
-	}
-	got = mods(send(t, nc, out("bob@example.org")))
-	if !strings.HasPrefix(got, "CHGHEADER 2 X-BATV-Status=; CHGHEADER 1 X-BATV-Status=; CHGFROM <prvs=") {
-		t.Errorf("outbound to a remote recipient, not Postfix: %s", got)
-	}
-}
-
 // BenchmarkPolicy is the cost of the decisions themselves, without the
 // protocol.
 func BenchmarkPolicy(b *testing.B) {

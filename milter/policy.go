@@ -202,13 +202,6 @@ func (p *Policy) StatusHeader() string { return p.statusHeader }
 // message headers to remove forged status headers.
 func (p *Policy) RemovesForgedHeaders() bool { return p.removeForged }
 
-// Protects reports whether rcpt is in a domain whose mail the inbound
-// milter verifies.
-func (p *Policy) Protects(rcpt string) bool {
-	_, domain := splitAddr(rcpt)
-	return p.verifyDomains.has(domain)
-}
-
 // SignsForRecipients reports whether outbound decisions depend on the
 // recipients (there are recipient exemptions).
 func (p *Policy) SignsForRecipients() bool {

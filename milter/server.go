@@ -193,8 +193,14 @@ func (s *Server) negotiation() (gomilter.OptAction, gomilter.OptProtocol) {
 		act |= gomilter.OptAddRcpt | gomilter.OptRemoveRcpt | gomilter.OptAddHeader |
 			gomilter.OptChangeHeader | gomilter.OptQuarantine
 	}
+	// The MTA need not wait for a reply to CONNECT, MAIL or a header:
+	// their callbacks only take note (the MTA may not offer these; see
+	// conn.agree).
+	proto |= gomilter.OptNoConnReply | gomilter.OptNoMailReply
 	if s.Roles&Inbound == 0 || !p.RemovesForgedHeaders() {
 		proto |= gomilter.OptNoHeaders
+	} else {
+		proto |= gomilter.OptNoHeaderReply
 	}
 	if s.Roles&Inbound == 0 && !p.SignsForRecipients() {
 		proto |= gomilter.OptNoRcptTo
@@ -273,9 +279,16 @@ type conn struct {
 	// Connection facts from CONNECT, kept across go-milter's fresh
 	// Milter objects.
 	facts Conn
-	// postfix is set when the MTA is Postfix (its v macro at CONNECT),
-	// which honours SMFIR_SKIP at any stage.
-	postfix bool
+	// offer is the protocol steps the MTA offered in its option
+	// negotiation (offerKnown: it has been read), and proto what was
+	// agreed: what the milter asked for, within the offer. The session
+	// leaves out the replies proto's SMFIP_NR_* bits say the MTA does not
+	// wait for.
+	offer      uint32
+	offerKnown bool
+	peeked     bool
+	agreed     bool
+	proto      gomilter.OptProtocol
 
 	mu         sync.Mutex
 	fr         framing // what go-milter has read, for the end-of-session log
@@ -290,6 +303,9 @@ type conn struct {
 func (c *conn) Read(p []byte) (int, error) {
 	if c.r.Buffered() == 0 {
 		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	}
+	if !c.peeked {
+		c.peekOffer()
 	}
 	n, err := c.r.Read(p)
 	if n > 0 {
@@ -319,6 +335,46 @@ func (c *conn) Read(p []byte) (int, error) {
 	return n, io.EOF
 }
 
+// peekOffer reads ahead, without consuming anything, the MTA's first
+// packet, and keeps the protocol steps it offers if it is the option
+// negotiation (length, 'O', version, actions, protocol). go-milter
+// answers with the milter's wishes whatever the MTA offered, and an MTA
+// such as Sendmail gives up on a milter that asks for more than it
+// offered; Write trims the answer to the offer.
+func (c *conn) peekOffer() {
+	c.peeked = true
+	hdr, err := c.r.Peek(4)
+	if err != nil {
+		return
+	}
+	n := binary.BigEndian.Uint32(hdr)
+	if n < 13 || n > 64 {
+		return // not an option negotiation: go-milter deals with it
+	}
+	pkt, err := c.r.Peek(4 + int(n))
+	if err != nil || pkt[4] != 'O' {
+		return
+	}
+	c.offer, c.offerKnown = binary.BigEndian.Uint32(pkt[13:17]), true
+}
+
+// agree trims go-milter's option negotiation reply p to the MTA's offer
+// and records what was agreed. It returns the packet to send.
+func (c *conn) agree(p []byte) []byte {
+	proto := binary.BigEndian.Uint32(p[13:17])
+	if c.offerKnown {
+		proto &= c.offer
+	}
+	c.proto, c.agreed = gomilter.OptProtocol(proto), true
+	q := append([]byte(nil), p...)
+	binary.BigEndian.PutUint32(q[13:17], proto)
+	return q
+}
+
+// noReply reports whether the MTA does not wait for a reply to the event
+// that flag (an SMFIP_NR_* bit) names.
+func (c *conn) noReply(flag gomilter.OptProtocol) bool { return c.proto&flag != 0 }
+
 // isModification reports whether a milter packet code is a message
 // modification (sent before the end-of-message reply, no answer).
 func isModification(code byte) bool {
@@ -332,12 +388,16 @@ func isModification(code byte) bool {
 const maxHeldBytes = 64 << 10
 
 func (c *conn) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(p) >= 17 && p[4] == 'O' && !c.agreed {
+		p = c.agree(p)
+	}
 	// go-milter writes each packet with one Write; a whole packet of
 	// modification is held back for the reply that follows it.
 	if len(p) >= 5 && int(binary.BigEndian.Uint32(p)) == len(p)-4 && isModification(p[4]) &&
 		len(c.wbuf)+len(p) <= maxHeldBytes {
 		c.wbuf = append(c.wbuf, p...)
-		return len(p), nil
+		return n, nil
 	}
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 	var err error
@@ -359,7 +419,7 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.setEnd("shutdown")
 		c.shut()
 	}
-	return len(p), nil
+	return n, nil
 }
 
 // shut closes the connection once. go-milter's session then fails its

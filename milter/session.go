@@ -21,16 +21,13 @@ import (
 type session struct {
 	c *conn
 
-	policy   *Policy
-	sender   string
-	outbound string // why the message is ours to sign, or ""
-	queueID  string
-	rcpts    []rcptState
-	bounces  int // recipients in protected domains of a null-sender message
-	forged   int // incoming status headers to remove
-	// protected counts the recipients in domains the inbound milter
-	// verifies: a message with none has no status header to clean.
-	protected int
+	policy    *Policy
+	sender    string
+	outbound  string // why the message is ours to sign, or ""
+	queueID   string
+	rcpts     []rcptState
+	bounces   int      // recipients in protected domains of a null-sender message
+	forged    int      // incoming status headers to remove
 	signRcpts []string // scratch for applyOutbound
 }
 
@@ -54,10 +51,19 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomi
 	// 127.0.0.1, port 0; Sendmail reports family "unix" or "unknown".
 	f.Local = family == "unix" || family == "unknown" || family == "" || port == 0
 	s.c.facts = f
-	s.c.postfix = strings.HasPrefix(m.Macros["v"], "Postfix")
 	s.log().Debug("connect", "client", host, "family", family, "addr", f.Addr, "port", port,
 		"daemon_name", f.DaemonName, "local", f.Local)
-	return gomilter.RespContinue, nil
+	return s.cont(gomilter.OptNoConnReply), nil
+}
+
+// cont is the reply "continue" to an event, or no reply at all when the
+// MTA agreed not to wait for one (flag, an SMFIP_NR_* bit): go-milter
+// sends nothing for a nil response.
+func (s *session) cont(flag gomilter.OptProtocol) gomilter.Response {
+	if s.c.noReply(flag) {
+		return nil
+	}
+	return gomilter.RespContinue
 }
 
 func (s *session) Helo(string, *gomilter.Modifier) (gomilter.Response, error) {
@@ -77,7 +83,7 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response
 				"client", s.c.facts.Addr, "daemon_name", s.c.facts.DaemonName)
 		}
 	}
-	return gomilter.RespContinue, nil
+	return s.cont(gomilter.OptNoMailReply), nil
 }
 
 func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, error) {
@@ -89,9 +95,6 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	}
 	st := rcptState{addr: rcpt, d: Recipient{Action: ActPass, KeyID: -1}}
 	if s.srv().Roles&Inbound != 0 {
-		if s.policy.Protects(rcpt) {
-			s.protected++
-		}
 		start := time.Now()
 		st.d = s.policy.Recipient(Envelope{Conn: s.c.facts, Sender: s.sender}, rcpt, s.srv().now())
 		s.srv().Metrics.decision("inbound", time.Since(start).Seconds())
@@ -112,35 +115,11 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	return gomilter.RespContinue, nil
 }
 
-// respSkip is SMFIR_SKIP: send no more events of this kind.
-var respSkip = gomilter.NewResponse('s', nil)
-
 func (s *session) Header(name, _ string, _ *gomilter.Modifier) (gomilter.Response, error) {
-	if s.policy == nil {
-		return gomilter.RespContinue, nil
-	}
-	if s.skipHeaders() {
-		// Every header is a round trip. Postfix skips the rest of the
-		// headers of this message after SMFIR_SKIP (milter8.c keeps a
-		// skip_event_type for any event). libmilter documents SKIP for
-		// body chunks only and Sendmail's handling at the header stage is
-		// unverified, so this is done for Postfix only.
-		s.log().Debug("headers skipped: outbound, no protected recipient", "queue_id", s.queueID)
-		return respSkip, nil
-	}
-	if strings.EqualFold(name, s.policy.StatusHeader()) {
+	if s.policy != nil && strings.EqualFold(name, s.policy.StatusHeader()) {
 		s.forged++
 	}
-	return gomilter.RespContinue, nil
-}
-
-// skipHeaders reports whether the headers of the current message are of no
-// use: the message is ours to sign, so it came from our own users, and
-// goes to no recipient whose mail the inbound milter marks, so a status
-// header in it misleads nobody who trusts batv's. The headers are only
-// read to remove such forged status headers.
-func (s *session) skipHeaders() bool {
-	return s.c.postfix && s.outbound != "" && s.protected == 0
+	return s.cont(gomilter.OptNoHeaderReply), nil
 }
 
 func (s *session) Headers(textproto.MIMEHeader, *gomilter.Modifier) (gomilter.Response, error) {
@@ -279,7 +258,7 @@ func (s *session) Abort(*gomilter.Modifier) error {
 func (s *session) reset() {
 	s.policy, s.sender, s.outbound, s.queueID = nil, "", "", ""
 	s.rcpts = s.rcpts[:0]
-	s.bounces, s.forged, s.protected = 0, 0, 0
+	s.bounces, s.forged = 0, 0
 }
 
 func (s *session) logRecipient(rcpt string, d Recipient) {

@@ -394,6 +394,20 @@ func TestPostfixEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("Postfix has no complaint about the milter", func(t *testing.T) {
+		// A reply Postfix did not wait for (SMFIP_NR_*), or one missing,
+		// shows here as "unexpected filter response" or a timeout.
+		log := pf.MailLog()
+		if !strings.Contains(log, "postfix/smtpd") {
+			t.Fatalf("the mail log has no smtpd line:\n%s", log)
+		}
+		for _, line := range strings.Split(log, "\n") {
+			if strings.Contains(line, "milter") && (strings.Contains(line, "warning:") || strings.Contains(line, "error:")) {
+				t.Errorf("Postfix: %s", line)
+			}
+		}
+	})
+
 	t.Run("7 milter stopped: milter_default_action=accept loses nothing", func(t *testing.T) {
 		tagged := s.sign(user, 1)
 		s.daemon.stop(t)
