@@ -99,32 +99,7 @@ func startTestDaemon(t *testing.T) *testDaemon {
 		t.Fatal(err)
 	}
 	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""))
-	ready := make(chan *Daemon, 1)
-	go func() {
-		td.done <- Run(Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload, Stop: td.stop,
-			Ready: func(d *Daemon) { ready <- d }})
-	}()
-	select {
-	case td.d = <-ready:
-	case err := <-td.done:
-		t.Fatalf("Run: %v\n%s", err, td.log.String())
-	case <-time.After(10 * time.Second):
-		t.Fatalf("daemon not ready\n%s", td.log.String())
-	}
-	t.Cleanup(func() {
-		select {
-		case td.stop <- struct{}{}:
-		default:
-		}
-		select {
-		case <-td.done:
-		case <-time.After(10 * time.Second):
-			t.Error("daemon did not stop")
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", td.log.String())
-		}
-	})
+	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload}, td.stop, td.done)
 	return td
 }
 
@@ -171,6 +146,45 @@ func (td *testDaemon) metric(series string) float64 {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return seriesValue(string(body), series)
+}
+
+// runTestDaemon runs the daemon with opts until the test ends, stopped by
+// stop and sending Run's result to done, and returns it once it is ready.
+// At the end it stops the daemon, fails the test if Run failed or did not
+// return, and logs the daemon's log (opts.Stderr) if the test failed. A
+// test that reads done itself puts a result back for the cleanup.
+func runTestDaemon(t *testing.T, opts Options, stop chan struct{}, done chan error) *Daemon {
+	t.Helper()
+	opts.Stop = stop
+	ready := make(chan *Daemon, 1)
+	opts.Ready = func(d *Daemon) { ready <- d }
+	go func() { done <- Run(opts) }()
+	var d *Daemon
+	select {
+	case d = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v\n%s", err, opts.Stderr)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon not ready\n%s", opts.Stderr)
+	}
+	t.Cleanup(func() {
+		select {
+		case stop <- struct{}{}:
+		default:
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("the daemon did not stop")
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", opts.Stderr)
+		}
+	})
+	return d
 }
 
 // seriesValue returns the value of one series in a metrics page, or -1.

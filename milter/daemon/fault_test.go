@@ -74,32 +74,7 @@ func startFaultDaemon(t *testing.T, clock *fakeClock, created time.Time, signExt
 	if err := os.WriteFile(fd.config, fd.goodConfig, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan *Daemon, 1)
-	go func() {
-		fd.done <- Run(Options{ConfigPath: fd.config, Stderr: &fd.log, Now: clock.Now, Reload: fd.reload, Stop: fd.stop,
-			Ready: func(d *Daemon) { ready <- d }})
-	}()
-	select {
-	case fd.d = <-ready:
-	case err := <-fd.done:
-		t.Fatalf("Run: %v\n%s", err, fd.log.String())
-	case <-time.After(10 * time.Second):
-		t.Fatalf("daemon not ready\n%s", fd.log.String())
-	}
-	t.Cleanup(func() {
-		fd.stop <- struct{}{}
-		select {
-		case err := <-fd.done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("the daemon did not stop")
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", fd.log.String())
-		}
-	})
+	fd.d = runTestDaemon(t, Options{ConfigPath: fd.config, Stderr: &fd.log, Now: clock.Now, Reload: fd.reload}, fd.stop, fd.done)
 	return fd
 }
 
