@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/milter/mtaclient"
 )
@@ -758,7 +761,10 @@ func TestThousandsOfIdleConnections(t *testing.T) {
 	if n < 2*limit {
 		t.Skipf("file descriptor limit %d is too low for this test", rl.Cur)
 	}
-	h := startHostile(t, func(s *Server) { s.MaxConns = limit; s.IdleTimeout = time.Second })
+	h := startHostile(t, func(s *Server) {
+		s.MaxConns, s.IdleTimeout = limit, time.Second
+		s.Metrics = NewMetrics(prometheus.NewRegistry())
+	})
 
 	// Watch the number of open connections while the flood lasts.
 	var peak atomic.Int64
@@ -814,7 +820,11 @@ func TestThousandsOfIdleConnections(t *testing.T) {
 	wg.Wait()
 	close(stopWatch)
 	watching.Wait()
-	refused := h.log.count("connection refused: limit reached")
+	refused := int(testutil.ToFloat64(h.srv.Metrics.connsTotal.WithLabelValues(h.srv.Name, "refused")))
+	// The log says so once per refusalLogEvery, with the count.
+	if lines := h.log.count("connection refused: limit reached", "refused="); lines < 1 || lines > 2 {
+		t.Errorf("%d log lines for %d refusals, want 1 or 2", lines, refused)
+	}
 	t.Logf("%d connections in %v: peak %d open (limit %d), %d refused at once, %d closed within 0.5s, all closed after %v",
 		n, dialled.Round(time.Millisecond), peak.Load(), limit, refused, closedFast.Load(), time.Since(start).Round(time.Millisecond))
 	if peak.Load() > limit {

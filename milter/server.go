@@ -70,7 +70,14 @@ type Server struct {
 	draining bool
 	lastID   atomic.Uint64
 	wg       sync.WaitGroup
+	// Refusals at the connection limit are logged at most once per
+	// refusalLogEvery, with the number refused since the last line.
+	refusedLogged time.Time
+	refusedSince  int
 }
+
+// refusalLogEvery bounds the log lines a connection flood causes.
+const refusalLogEvery = 10 * time.Second
 
 // DefaultIdleTimeout is used when Server.IdleTimeout is 0.
 const DefaultIdleTimeout = 15 * time.Minute
@@ -142,11 +149,22 @@ func (s *Server) serveConn(nc net.Conn) {
 	s.mu.Lock()
 	if s.draining || (s.MaxConns > 0 && len(s.conns) >= s.MaxConns) {
 		draining := s.draining
+		refused, logNow := 0, false
+		if !draining {
+			s.refusedSince++
+			if now := time.Now(); now.Sub(s.refusedLogged) >= refusalLogEvery {
+				refused, logNow = s.refusedSince, true
+				s.refusedLogged, s.refusedSince = now, 0
+			}
+		}
 		s.mu.Unlock()
 		nc.Close()
 		if !draining {
 			s.Metrics.connRefused(s.Name)
-			s.logger().Warn("connection refused: limit reached", "listener", s.Name, "max_connections", s.MaxConns)
+		}
+		if logNow {
+			s.logger().Warn("connection refused: limit reached", "listener", s.Name, "max_connections", s.MaxConns,
+				"refused", refused, "per", refusalLogEvery)
 		}
 		return
 	}

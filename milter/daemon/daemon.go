@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
@@ -497,7 +498,7 @@ func openListener(addr string, s Socket) (net.Listener, error) {
 			return nil, err
 		}
 	}
-	ln, err := net.Listen(network, where)
+	ln, err := listenPrivate(network, where)
 	if err != nil {
 		return nil, err
 	}
@@ -509,6 +510,18 @@ func openListener(addr string, s Socket) (net.Listener, error) {
 		}
 	}
 	return ln, nil
+}
+
+// listenPrivate listens; a unix socket is created with mode 0600, so that
+// nobody else can connect before setSocketAccess gives it its group and
+// mode. (The umask is the process's: a file another goroutine creates
+// meanwhile is made more private, never less.)
+func listenPrivate(network, where string) (net.Listener, error) {
+	if network == "unix" {
+		old := syscall.Umask(0o177)
+		defer syscall.Umask(old)
+	}
+	return net.Listen(network, where)
 }
 
 func removeStaleSocket(path string) error {
