@@ -234,7 +234,7 @@ func (s *session) applyOutbound() (gomilter.Response, error) {
 			}
 			return gomilter.RespContinue, nil
 		}
-		s.log().Debug("not signed", "queue_id", s.queueID, "direction", "outbound",
+		s.log().Info("not signed", "queue_id", s.queueID, "direction", "outbound",
 			"outcome", "skipped", "reason", res.Skip, "sender", s.sender, "why_ours", s.outbound)
 		return gomilter.RespContinue, nil
 	}
@@ -274,6 +274,11 @@ func (s *session) logRecipient(rcpt string, d Recipient) {
 		attrs = append(attrs, "sender", "<>")
 	} else {
 		attrs = append(attrs, "sender", s.sender)
+	}
+	// The client, to match the line with Postfix's own (NOQUEUE: reject:
+	// RCPT from host[addr]) when there is no queue id yet.
+	if s.c.facts.Addr.IsValid() {
+		attrs = append(attrs, "client", s.c.facts.Addr)
 	}
 	s.log().Info("recipient", attrs...)
 }

@@ -350,3 +350,67 @@ func messagesInFlight(srv *Server) int {
 	}
 	return n
 }
+
+// TestDecisionLogLines: one info line per decision, with what an
+// administrator needs to find the message and understand the decision,
+// and no key material.
+func TestDecisionLogLines(t *testing.T) {
+	var buf syncBuf
+	_, path := testServer(t, Outbound|Inbound, nil, func(s *Server) {
+		s.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+	})
+	valid := tag(t, "user@example.com", 1)
+	mx := dial(t, path, "192.0.2.25", "smtpd")
+	send(t, mx, &mtaclient.Message{Recipients: []string{forge(valid), valid}, QueueID: "4QID1"})
+	sub := dial(t, path, "203.0.113.5", "submission")
+	send(t, sub, &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID2"})
+	send(t, sub, &mtaclient.Message{Sender: valid, Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID3"})
+
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	// Postfix sends the queue id at RCPT only once it has accepted a
+	// recipient: both RCPT lines here have none; the end of message has.
+	want := [][]string{
+		{"msg=recipient", `queue_id=""`, "direction=inbound", "outcome=bad-signature", "action=reject", `reason="signature does not match"`, forge(valid), "key_id=4", "sender=<>", "client=192.0.2.25"},
+		{"msg=recipient", "direction=inbound", "outcome=valid", "action=accept", valid, "key_id=4", "untagged=user@example.com", "client=192.0.2.25"},
+		{`msg="bounce with several protected recipients"`, "queue_id=4QID1", "recipients=2"},
+		{"msg=signed", "queue_id=4QID2", "direction=outbound", "outcome=signed", "reason=authenticated", "key_id=4", "sender=alice@example.com", "tagged=\"prvs="},
+		{`msg="not signed"`, "queue_id=4QID3", "direction=outbound", "outcome=skipped", "reason=tagged", valid},
+	}
+	var got []string
+	for _, l := range lines {
+		if strings.Contains(l, "level=INFO") {
+			got = append(got, l)
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d info lines, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+	for i, parts := range want {
+		for _, p := range parts {
+			if !strings.Contains(got[i], p) {
+				t.Errorf("line %d lacks %q:\n%s", i+1, p, got[i])
+			}
+		}
+		if strings.Contains(got[i], string(testKeys.Secret)) {
+			t.Errorf("line %d shows the key", i+1)
+		}
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for the server's goroutines.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
