@@ -57,6 +57,17 @@ const (
 // milter_default_action.
 func newSite(t *testing.T, action string) *site {
 	t.Helper()
+	return newSiteChroot(t, action, false)
+}
+
+// newSiteChroot is newSite, with the MX smtpd and the cleanup for
+// Postfix's own bounces chrooted in the queue directory when chroot is set.
+func newSiteChroot(t *testing.T, action string, chroot bool) *site {
+	t.Helper()
+	chrootCol := "n"
+	if chroot {
+		chrootCol = "y"
+	}
 	s := &site{t: t, dir: postfixtest.TempDir(t)}
 	s.keyring = filepath.Join(s.dir, "keyring.json")
 	// The keyring dates from a month ago, so tests can sign as on past days.
@@ -88,8 +99,9 @@ func newSite(t *testing.T, action string) *site {
 			"defer":  {"cleanup_service_name": "batvcleanup"},
 			"trace":  {"cleanup_service_name": "batvcleanup"},
 		},
+		ChrootMX: chroot,
 		MasterExtra: []string{
-			"batvcleanup unix n - n - 0 cleanup",
+			"batvcleanup unix n - " + chrootCol + " - 0 cleanup",
 			"  -o syslog_name=postfix/batvcleanup",
 			"  -o recipient_canonical_maps=" + mapRef + ":untag",
 			"  -o recipient_canonical_classes=envelope_recipient",
