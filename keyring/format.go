@@ -2,7 +2,10 @@ package keyring
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +31,7 @@ type fileKeyring struct {
 type fileKey struct {
 	ID             *int    `json:"id"`
 	Secret         *string `json:"secret"`
+	Check          *string `json:"check"`
 	Created        *string `json:"created"`
 	NotBefore      *string `json:"not_before"`
 	StoppedSigning *string `json:"stopped_signing"`
@@ -46,6 +50,7 @@ type outKeyring struct {
 type outKey struct {
 	ID             int    `json:"id"`
 	Secret         string `json:"secret"`
+	Check          string `json:"check"`
 	Created        string `json:"created"`
 	NotBefore      string `json:"not_before"`
 	StoppedSigning string `json:"stopped_signing,omitempty"`
@@ -217,6 +222,14 @@ func build(f *fileKeyring) (*Keyring, []string) {
 			}
 		}
 		k.secret = decodeSecret(fk.Secret, name, add)
+		if fk.Check != nil && k.secret != nil {
+			switch {
+			case !validCheck(*fk.Check):
+				add("%s: check is not %d lowercase hex digits", name, checkLen)
+			case *fk.Check != checkValue(k.secret):
+				add("%s: the secret does not match its check value: the file is damaged (restore it from a backup or another host)", name)
+			}
+		}
 		k.created = parseTime(fk.Created, name+": created", add)
 		k.notBefore = parseTime(fk.NotBefore, name+": not_before", add)
 		if fk.StoppedSigning != nil {
@@ -326,6 +339,31 @@ func decodeSecret(s *string, name string, add func(string, ...any)) []byte {
 	return b
 }
 
+// checkLen is the length of a key's check value in hex digits: 48 bits,
+// so that a damaged secret passes by chance once in 2^48.
+const checkLen = 12
+
+// checkValue is a key's check value: the first 48 bits of
+// HMAC-SHA256(secret, "batv keyring check value"), in hex. It shows that
+// the secret is the one that was written, and tells nothing about it.
+func checkValue(secret []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("batv keyring check value"))
+	return hex.EncodeToString(m.Sum(nil))[:checkLen]
+}
+
+func validCheck(s string) bool {
+	if len(s) != checkLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // encode returns the file contents for the keyring: indented JSON, keys by
 // id, instants in UTC, and a final newline.
 func (r *Keyring) encode() ([]byte, error) {
@@ -342,6 +380,7 @@ func (r *Keyring) encode() ([]byte, error) {
 		ok := outKey{
 			ID:        k.id,
 			Secret:    base64.StdEncoding.EncodeToString(k.secret),
+			Check:     checkValue(k.secret),
 			Created:   formatTime(k.created),
 			NotBefore: formatTime(k.notBefore),
 		}

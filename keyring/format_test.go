@@ -9,7 +9,9 @@ import (
 )
 
 // validFile is a keyring in the documented format: key 0 stopped signing
-// when key 1 started; key 1 signs.
+// when key 1 started; key 1 signs. The check values were computed with
+// Python's hmac module: hmac.new(secret, b"batv keyring check value",
+// hashlib.sha256).hexdigest()[:12].
 const validFile = `{
   "version": 1,
   "created": "2025-01-01T12:00:00Z",
@@ -20,6 +22,7 @@ const validFile = `{
     {
       "id": 0,
       "secret": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+      "check": "03ecfb28e8a6",
       "created": "2025-01-01T12:00:00Z",
       "not_before": "2025-01-01T12:00:00Z",
       "stopped_signing": "2025-01-08T13:00:00Z"
@@ -27,6 +30,7 @@ const validFile = `{
     {
       "id": 1,
       "secret": "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
+      "check": "a0a5639d1216",
       "created": "2025-01-08T12:00:00Z",
       "not_before": "2025-01-08T13:00:00Z"
     }
@@ -65,17 +69,17 @@ func TestParseInvalid(t *testing.T) {
 	}{
 		{"empty", func(string) string { return "" }, ErrInvalid, []string{"empty"}},
 		{"truncated", func(s string) string { return s[:len(s)/2] }, ErrInvalid,
-			[]string{"truncated", "line 12, column 7"}},
+			[]string{"truncated", "line 13, column 7"}},
 		{"bad JSON", rep(`"per_domain": false,`, `"per_domain": false,,`), ErrInvalid,
 			[]string{"line 6, column 23", "invalid character ','"}},
 		{"not an object", func(string) string { return "[1, 2]" }, ErrInvalid, []string{"line 1, column 1", "JSON object"}},
-		{"trailing data", func(s string) string { return s + "{}" }, ErrInvalid, []string{"line 23, column 1", "after top-level value"}},
+		{"trailing data", func(s string) string { return s + "{}" }, ErrInvalid, []string{"line 25, column 1", "after top-level value"}},
 		{"unknown field", rep(`"version": 1,`, `"version": 1, "comment": "x",`), ErrInvalid,
 			[]string{`unknown field "comment"`}},
 		{"unknown key field", rep(`"id": 1,`, `"id": 1, "label": "x",`), ErrInvalid,
 			[]string{`unknown field "label"`}},
 		{"wrong type", rep(`"id": 1,`, `"id": "1",`), ErrInvalid,
-			[]string{"line 16, column 15", "keys.id must be an integer, not a JSON string"}},
+			[]string{"line 17, column 15", "keys.id must be an integer, not a JSON string"}},
 		{"fractional id", rep(`"id": 1,`, `"id": 1.5,`), ErrInvalid,
 			[]string{"keys.id must be an integer"}},
 		{"unsupported version", func(s string) string {
@@ -111,6 +115,12 @@ func TestParseInvalid(t *testing.T) {
 		{"overlapping signers", rep(`"stopped_signing": "2025-01-08T13:00:00Z"`, `"stopped_signing": "2025-01-08T13:00:01Z"`), ErrInvalid, []string{"keys 0 and 1 would both sign at 2025-01-08T13:00:00Z"}},
 		{"two open signers", rep(`,
       "stopped_signing": "2025-01-08T13:00:00Z"`, ``), ErrInvalid, []string{"keys 0 and 1 would both sign"}},
+		{"secret damaged into other valid base64", rep(`"ICEiIyQl`, `"ICEiIyQm`), ErrInvalid,
+			[]string{"key 1: the secret does not match its check value: the file is damaged"}},
+		{"check damaged", rep(`"a0a5639d1216"`, `"a0a5639d1217"`), ErrInvalid,
+			[]string{"key 1: the secret does not match its check value"}},
+		{"check malformed", rep(`"a0a5639d1216"`, `"A0A5639D1216"`), ErrInvalid,
+			[]string{"key 1: check is not 12 lowercase hex digits"}},
 		{"year 10000 through an offset", rep(`"2025-01-08T12:00:00Z"`, `"9999-12-31T23:00:00-02:00"`), ErrInvalid, []string{"outside 1970 to 9999"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -210,4 +220,22 @@ func equalInfos(a, b []KeyInfo) bool {
 		}
 	}
 	return true
+}
+
+// A file without check values (written by hand, or by the first batv)
+// loads; the next write adds them.
+func TestParseWithoutCheckValues(t *testing.T) {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(validFile, "\n") {
+		if !strings.Contains(line, `"check"`) {
+			b.WriteString(line)
+		}
+	}
+	r, err := Parse([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(mustEncode(t, r)); got != validFile {
+		t.Errorf("re-encoded file lacks the check values:\n%s", got)
+	}
 }

@@ -222,9 +222,9 @@ grace_until = 2000-01-01T00:00:00Z
 	os.WriteFile(config, []byte(goodConfig), 0o600)
 
 	// The keyring damaged inside each secret, in ways that keep it JSON
-	// and ways that do not. (Some damage leaves valid base64 of an allowed
-	// length: the file is then accepted with a different key, which the
-	// keyring format cannot tell. The log is scanned either way.)
+	// and ways that do not. Some damage leaves valid base64 of an allowed
+	// length: the key's check value catches it, so no damaged file is
+	// accepted. The log is scanned either way.
 	reactions, accepted := 0, 0
 	for _, s := range secrets {
 		b64 := base64.StdEncoding.EncodeToString(s)
@@ -257,6 +257,9 @@ grace_until = 2000-01-01T00:00:00Z
 	waitFor(reactions, bad, ok)
 	os.Chmod(kr, 0o600)
 	t.Logf("%d damaged keyrings; %d of them accepted as a different key", 8*len(secrets), accepted)
+	if accepted != 0 {
+		t.Errorf("%d damaged keyrings accepted as a different key", accepted)
+	}
 
 	metrics, err := scraper.Get("http://" + d.MetricsAddr() + "/metrics")
 	if err != nil {
