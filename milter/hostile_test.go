@@ -893,4 +893,13 @@ func TestNoReplyWhereTheMTADoesNotWait(t *testing.T) {
 	q.expectReply("MAIL", 'c', packet('M', cstr("<>")))
 	q.expectReply("RCPT", 'c', packet('R', cstr("<"+valid+">")))
 	q.expectReply("header", 'c', packet('L', cstr("Subject"), cstr("hi")))
+
+	// An MTA that does not open with the negotiation: its offer is not
+	// known, so nothing is left unanswered.
+	u := dialRaw(t, h.path)
+	u.write(packet('D', []byte{'C'}, cstr("j"), cstr("mx")), postfix)
+	if _, code, data := u.reply(); code != 'O' || binary.BigEndian.Uint32([]byte(data[8:12]))&noReplyOffer != 0 {
+		t.Fatalf("OPTNEG after a macro packet: %q %q", code, data)
+	}
+	u.expectReply("CONNECT", 'c', packet('C', connectData("mx.example.org", "192.0.2.25")))
 }

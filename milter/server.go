@@ -382,12 +382,20 @@ func (c *conn) agree(p []byte) []byte {
 	proto := binary.BigEndian.Uint32(p[13:17])
 	if c.offerKnown {
 		proto &= c.offer
+	} else {
+		// No offer read: assume the MTA waits for every reply.
+		proto &^= uint32(noReplyFlags)
 	}
 	c.proto, c.agreed = gomilter.OptProtocol(proto), true
 	q := append([]byte(nil), p...)
 	binary.BigEndian.PutUint32(q[13:17], proto)
 	return q
 }
+
+// noReplyFlags are the SMFIP_NR_* bits: events the MTA does not wait on.
+const noReplyFlags = gomilter.OptNoHeaderReply | gomilter.OptNoConnReply | gomilter.OptNoHeloReply |
+	gomilter.OptNoMailReply | gomilter.OptNoRcptReply | gomilter.OptNoDataReply | gomilter.OptNoUnknownReply |
+	gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
 
 // noReply reports whether the MTA does not wait for a reply to the event
 // that flag (an SMFIP_NR_* bit) names.
