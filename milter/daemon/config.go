@@ -286,8 +286,14 @@ func checkSocket(key, addr string, s Socket, add func(string, string, ...any)) {
 			add(key+".socket_mode", "%v", err)
 		}
 	}
-	if network, _, err := ParseAddress(addr); err == nil && network != "unix" && (s.Group != "" || s.Mode != "") && s.Mode != "0660" {
-		add(key+".socket_mode", "applies to unix sockets only")
+	// (The embedded default's TCP listeners carry the default mode 0660.)
+	if network, _, err := ParseAddress(addr); err == nil && network != "unix" {
+		if s.Mode != "" && s.Mode != "0660" {
+			add(key+".socket_mode", "applies to unix sockets only")
+		}
+		if s.Group != "" {
+			add(key+".socket_group", "applies to unix sockets only")
+		}
 	}
 }
 

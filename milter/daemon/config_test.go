@@ -86,6 +86,8 @@ func TestConfigMistakes(t *testing.T) {
 		{"role", `roles = ["outbound"]`, `roles = ["sideways"]`, `batv.toml:20: listener[1].roles: "sideways"`},
 		{"no role", `roles = ["outbound"]`, `roles = []`, `listener[1].roles: at least one`},
 		{"world socket", `socket_mode = "0660"`, `socket_mode = "0666"`, `batv.toml:16: listener[0].socket_mode: "0666" lets every local user`},
+		{"group on a TCP listener", `roles = ["outbound"]`, `roles = ["outbound"]
+socket_group = "postfix"`, `batv.toml:21: listener[1].socket_group: applies to unix sockets only`},
 		{"lifetime", `lifetime = 5`, `lifetime = 31`, `batv.toml:25: sign.lifetime 31`},
 		{"domain", `"example.net"]`, `"exa mple.net"]`, `sign.domains: "exa mple.net" is not a domain`},
 		{"network", `"10.0.0.0/8"`, `"10.0.0.0/40"`, `sign.internal_networks: "10.0.0.0/40"`},
