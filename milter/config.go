@@ -26,8 +26,9 @@ type SignConfig struct {
 	// is ours to sign. Default 127.0.0.0/8 and ::1.
 	InternalNetworks []string `toml:"internal_networks"`
 	// SubmissionDaemons are MTA listener names ({daemon_name} at
-	// connect, e.g. Postfix's "-o syslog_name" or "-o
-	// milter_macro_daemon_name") whose mail is ours to sign.
+	// connect: Postfix's milter_macro_daemon_name, set per service with
+	// "-o milter_macro_daemon_name=ORIGINATING"; Sendmail's Name= of
+	// DAEMON_OPTIONS) whose mail is ours to sign.
 	SubmissionDaemons []string `toml:"submission_daemons"`
 	// Authenticated signs mail from clients that authenticated with SMTP
 	// AUTH ({auth_authen} set). Default true; NewPolicy receives it
