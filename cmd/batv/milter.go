@@ -80,6 +80,7 @@ func daemonOptions(c *cli.Context) daemon.Options {
 		ConfigPath: c.Path(flagConfig),
 		Domains:    c.StringSlice(flagDomain),
 		Stderr:     c.App.ErrWriter,
+		Version:    version,
 	}
 	switch {
 	case c.IsSet(flagKeyring):

@@ -52,6 +52,8 @@ type Options struct {
 	Stop   <-chan struct{}
 	// Ready, if set, is called with the daemon once it serves.
 	Ready func(*Daemon)
+	// Version is the program's version, for the log and batv_build_info.
+	Version string
 }
 
 // Daemon is a running batv daemon.
@@ -106,7 +108,7 @@ func Run(opts Options) error {
 	d.started = cfg
 	d.registry = prometheus.NewRegistry()
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d.metrics = newDaemonMetrics(d.registry, d)
+	d.metrics = newDaemonMetrics(d.registry, d, opts.Version)
 	mm := milter.NewMetrics(d.registry)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -116,7 +118,7 @@ func Run(opts Options) error {
 		return err
 	}
 	go d.keys.Run(ctx, time.Duration(cfg.KeyringPoll))
-	d.log.Info("batv started", "config", d.configName(), "keyring", cfg.Keyring,
+	d.log.Info("batv started", "version", opts.Version, "config", d.configName(), "keyring", cfg.Keyring,
 		"listeners", len(cfg.Listeners), "socketmap", cfg.Socketmap != nil,
 		"grace_until", st.policy.GraceUntil().UTC().Format(time.RFC3339))
 	d.logKeyring()
@@ -263,7 +265,7 @@ func (d *Daemon) Reload() error {
 		st, err = d.buildState(cfg)
 	}
 	if err != nil {
-		d.metrics.reload("config", false)
+		d.metrics.reload("config", false, d.now())
 		d.log.Error("reload failed: the running configuration and keyring stay in force", "err", err)
 		status = "reload failed, running on the previous configuration: " + err.Error()
 		return err
@@ -280,7 +282,7 @@ func (d *Daemon) Reload() error {
 	d.state.Store(st)
 	lvl, _ := parseLevel(cfg.Log.Level)
 	d.level.Set(lvl)
-	d.metrics.reload("config", true)
+	d.metrics.reload("config", true, d.now())
 	d.log.Info("reloaded", "config", d.configName(), "keyring", cfg.Keyring)
 	d.logKeyring()
 	return nil
@@ -289,7 +291,7 @@ func (d *Daemon) Reload() error {
 // keyringChanged is the keyring watcher's report of a changed file.
 func (d *Daemon) keyringChanged(err error) {
 	if err != nil {
-		d.metrics.reload("keyring", false)
+		d.metrics.reload("keyring", false, d.now())
 		d.log.Error("keyring changed but cannot be used: the previous keys stay in force", "err", err)
 		return
 	}
@@ -298,12 +300,12 @@ func (d *Daemon) keyringChanged(err error) {
 	old := d.state.Load()
 	st, err := d.buildState(old.cfg)
 	if err != nil {
-		d.metrics.reload("keyring", false)
+		d.metrics.reload("keyring", false, d.now())
 		d.log.Error("keyring changed but cannot be used: the previous keys stay in force", "err", err)
 		return
 	}
 	d.state.Store(st)
-	d.metrics.reload("keyring", true)
+	d.metrics.reload("keyring", true, d.now())
 	d.log.Info("keyring reloaded")
 	d.logKeyring()
 }

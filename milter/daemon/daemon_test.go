@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -510,6 +511,7 @@ func TestMetricsCountExactly(t *testing.T) {
 		`batv_keyring_keys{state="signing"}`:                                   1,
 		`batv_grace_period_remaining_seconds`:                                  0,
 		`batv_reloads_total{result="success",what="config"}`:                   0,
+		`batv_build_info{goversion="` + runtime.Version() + `",version="dev"}`: 1,
 		`batv_inbound_recipients_total{action="pass",outcome="missing"}`:       -1, // not counted
 		`batv_outbound_messages_total{result="null-sender"}`:                   -1, // bounces are not outbound
 		`batv_socketmap_lookups_total{map="untag",result="found"}`:             -1, // no socketmap here
@@ -517,6 +519,13 @@ func TestMetricsCountExactly(t *testing.T) {
 	} {
 		if got := td.metric(series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	// Loaded at start, a few seconds ago at most.
+	for _, what := range []string{"config", "keyring"} {
+		at := td.metric(`batv_last_load_success_timestamp_seconds{what="` + what + `"}`)
+		if age := float64(time.Now().Unix()) - at; age < 0 || age > 60 {
+			t.Errorf("%s loaded %v seconds ago", what, age)
 		}
 	}
 	resp, err := http.Get("http://" + td.d.MetricsAddr() + "/healthz")

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,17 +11,34 @@ import (
 // daemonMetrics are the metrics of the daemon itself: reloads, and the
 // keyring state read at each scrape.
 type daemonMetrics struct {
-	reloads *prometheus.CounterVec
+	reloads     *prometheus.CounterVec
+	lastSuccess *prometheus.GaugeVec
 }
 
-func newDaemonMetrics(reg prometheus.Registerer, d *Daemon) *daemonMetrics {
+func newDaemonMetrics(reg prometheus.Registerer, d *Daemon, version string) *daemonMetrics {
 	m := &daemonMetrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "batv_reloads_total",
 			Help: "Reloads by what was reloaded (config on SIGHUP, keyring on a file change) and result.",
 		}, []string{"what", "result"}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "batv_last_load_success_timestamp_seconds",
+			Help: "When the configuration or the keyring in force was loaded: at start or at the last successful reload (Unix time).",
+		}, []string{"what"}),
 	}
-	reg.MustRegister(m.reloads, keyringCollector{d})
+	if version == "" {
+		version = "dev"
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "batv_build_info",
+		Help:        "Always 1; the labels say which batv runs.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	info.Set(1)
+	reg.MustRegister(m.reloads, m.lastSuccess, info, keyringCollector{d})
+	now := float64(d.now().Unix())
+	m.lastSuccess.WithLabelValues("config").Set(now)
+	m.lastSuccess.WithLabelValues("keyring").Set(now)
 	// Start every series at zero, so a dashboard sees them before the
 	// first reload.
 	for _, what := range []string{"config", "keyring"} {
@@ -31,12 +49,19 @@ func newDaemonMetrics(reg prometheus.Registerer, d *Daemon) *daemonMetrics {
 	return m
 }
 
-func (m *daemonMetrics) reload(what string, ok bool) {
+func (m *daemonMetrics) reload(what string, ok bool, at time.Time) {
 	result := "success"
 	if !ok {
 		result = "failure"
 	}
 	m.reloads.WithLabelValues(what, result).Inc()
+	if ok {
+		m.lastSuccess.WithLabelValues(what).Set(float64(at.Unix()))
+		if what == "config" {
+			// A configuration reload reloads the keyring too.
+			m.lastSuccess.WithLabelValues("keyring").Set(float64(at.Unix()))
+		}
+	}
 }
 
 var (
