@@ -125,14 +125,18 @@ func (td *testDaemon) sendReload(want string) {
 	}
 }
 
-func (td *testDaemon) dial() *mtaclient.Conn {
-	td.t.Helper()
-	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: td.sock, Timeout: 10 * time.Second})
+func (td *testDaemon) dial() *mtaclient.Conn { return dialMX(td.t, td.sock) }
+
+// dialMX connects to the milter socket as Postfix's smtpd does for a
+// client at 192.0.2.1, a remote MX.
+func dialMX(t *testing.T, sock string) *mtaclient.Conn {
+	t.Helper()
+	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: sock, Timeout: 10 * time.Second})
 	if err != nil {
-		td.t.Fatal(err)
+		t.Fatal(err)
 	}
 	if r, err := c.Connect("[192.0.2.1]", mtaclient.FamilyInet, 4000, "192.0.2.1", nil); err != nil || !r.Continue() {
-		td.t.Fatal(r, err)
+		t.Fatal(r, err)
 	}
 	return c
 }

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -78,17 +77,7 @@ func startFaultDaemon(t *testing.T, clock *fakeClock, created time.Time, signExt
 	return fd
 }
 
-func (fd *faultDaemon) dial() *mtaclient.Conn {
-	fd.t.Helper()
-	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: fd.sock, Timeout: 10 * time.Second})
-	if err != nil {
-		fd.t.Fatal(err)
-	}
-	if r, err := c.Connect("mx.example.org", mtaclient.FamilyInet, 4000, "192.0.2.1", nil); err != nil || !r.Continue() {
-		fd.t.Fatal(r, err)
-	}
-	return c
-}
+func (fd *faultDaemon) dial() *mtaclient.Conn { return dialMX(fd.t, fd.sock) }
 
 // scraper does not keep connections open, so that goroutine counts are
 // not disturbed by idle HTTP connections.
