@@ -718,6 +718,9 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		cat([]byte{both}, optneg, conn, []byte{0, 'Z', 0}, mailNull),
 		cat([]byte{both}, []byte{15, 4, 0xff, 0xff, 0xff, 0xff}),
 		cat([]byte{both}, optneg, conn, mailNull, rcptValid, []byte{15, 3, 0, 0x10, 0}),
+		// A header with a NUL in its value, which go-milter answers by
+		// itself although the MTA does not wait for header replies.
+		cat([]byte{both}, optneg, conn, mailNull, rcptValid, []byte{6, 2, 3, 'a', 0, 'b'}, eom, abort, mailNull, rcptForged, eom, abort),
 	}
 }
 

@@ -881,6 +881,21 @@ func TestNoReplyWhereTheMTADoesNotWait(t *testing.T) {
 	if mods, code, _ := p.reply(); code != 'c' || len(mods) != 2 {
 		t.Fatalf("end of message: %q with %q, want the recipient rewrite and continue", code, mods)
 	}
+	// A header with a NUL inside, which go-milter cannot split into name
+	// and value and answers by itself: no reply goes out, so the answer
+	// to the next RCPT is that RCPT's, not a stale "continue".
+	p.write(packet('A'), packet('M', cstr("<>")), packet('R', cstr("<"+valid+">")))
+	if _, code, _ := p.reply(); code != 'c' {
+		t.Fatalf("RCPT of a valid tag: %q", code)
+	}
+	p.write(packet('L', cstr("Subject"), cstr("a"), cstr("b")), packet('E'))
+	if mods, code, _ := p.reply(); code != 'c' || len(mods) != 2 {
+		t.Fatalf("end of message after a header with a NUL: %q with %q, want the recipient rewrite and continue", code, mods)
+	}
+	p.write(packet('A'), packet('M', cstr("<>")), packet('R', cstr("<"+forge(valid)+">")))
+	if _, code, data := p.reply(); code != 'y' || !strings.HasPrefix(data, "550") {
+		t.Fatalf("forged RCPT after a header with a NUL: %q %q, want its 550", code, data)
+	}
 
 	// An MTA that offers no such thing gets a reply to each, and a
 	// negotiation within its offer.

@@ -397,6 +397,23 @@ const noReplyFlags = gomilter.OptNoHeaderReply | gomilter.OptNoConnReply | gomil
 	gomilter.OptNoMailReply | gomilter.OptNoRcptReply | gomilter.OptNoDataReply | gomilter.OptNoUnknownReply |
 	gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
 
+// unanswered reports whether the MTA does not wait for a reply to the
+// packet it sent last (go-milter reads one packet, then answers it).
+func (c *conn) unanswered() bool {
+	c.mu.Lock()
+	cmd := c.fr.cmd
+	c.mu.Unlock()
+	switch cmd {
+	case 'C':
+		return c.noReply(gomilter.OptNoConnReply)
+	case 'M':
+		return c.noReply(gomilter.OptNoMailReply)
+	case 'L':
+		return c.noReply(gomilter.OptNoHeaderReply)
+	}
+	return false
+}
+
 // noReply reports whether the MTA does not wait for a reply to the event
 // that flag (an SMFIP_NR_* bit) names.
 func (c *conn) noReply(flag gomilter.OptProtocol) bool { return c.proto&flag != 0 }
@@ -417,6 +434,14 @@ func (c *conn) Write(p []byte) (int, error) {
 	n := len(p)
 	if len(p) >= 17 && p[4] == 'O' && !c.agreed {
 		p = c.agree(p)
+	}
+	// A reply to an event the MTA does not wait on would be read as the
+	// answer to its next question, and every answer after it would be
+	// one step late. The session sends none, but go-milter answers
+	// "continue" by itself to a header packet it cannot split into a
+	// name and a value (a NUL inside a header): drop such a reply.
+	if len(p) >= 5 && !isModification(p[4]) && c.unanswered() {
+		return n, nil
 	}
 	// go-milter writes each packet with one Write; a whole packet of
 	// modification is held back for the reply that follows it.
