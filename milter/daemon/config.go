@@ -364,6 +364,11 @@ func parseRoles(roles []string) (milter.Roles, error) {
 // BurntSushi/toml does not report positions of keys it decoded.
 type locator struct {
 	lines map[string]int // "table.key" or "table[i].key" -> line
+	// inArrays lists, for a key of an array of tables without its index
+	// ("listener.key"), its lines in file order; used counts the ones
+	// line has handed out.
+	inArrays map[string][]int
+	used     map[string]int
 }
 
 // valueProblems reports every value of data that cannot be converted to
@@ -440,8 +445,8 @@ var (
 	keyRe   = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+)\s*=`)
 )
 
-func newLocator(data []byte) locator {
-	l := locator{lines: map[string]int{}}
+func newLocator(data []byte) *locator {
+	l := &locator{lines: map[string]int{}, inArrays: map[string][]int{}, used: map[string]int{}}
 	prefix := ""
 	arrays := map[string]int{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -459,25 +464,29 @@ func newLocator(data []byte) locator {
 			if _, dup := l.lines[prefix+m[1]]; !dup {
 				l.lines[prefix+m[1]] = n
 			}
+			if stripped := stripIndexes(prefix + m[1]); stripped != prefix+m[1] {
+				l.inArrays[stripped] = append(l.inArrays[stripped], n)
+			}
 		}
 	}
 	return l
 }
 
-// line returns the line of an undecoded key, or 0.
-func (l locator) line(k toml.Key) int {
-	// Undecoded keys of array tables come without an index; take the
-	// first match.
+// line returns the line of an undecoded key, or 0. Undecoded keys of
+// arrays of tables come without an index, once per table that has them,
+// in file order: each call for such a key gives its next line.
+func (l *locator) line(k toml.Key) int {
 	s := k.String()
 	if n, ok := l.lines[s]; ok {
 		return n
 	}
-	for key, n := range l.lines {
-		if stripIndexes(key) == s {
-			return n
-		}
+	lines := l.inArrays[s]
+	if len(lines) == 0 {
+		return 0
 	}
-	return 0
+	i := min(l.used[s], len(lines)-1)
+	l.used[s]++
+	return lines[i]
 }
 
 var indexRe = regexp.MustCompile(`\[\d+\]`)
@@ -485,7 +494,7 @@ var indexRe = regexp.MustCompile(`\[\d+\]`)
 func stripIndexes(s string) string { return indexRe.ReplaceAllString(s, "") }
 
 // describe prefixes a problem with its line, when the key is in the file.
-func (l locator) describe(err error) string {
+func (l *locator) describe(err error) string {
 	var p problem
 	key, text := "", errorText(err)
 	if errors.As(err, &p) {

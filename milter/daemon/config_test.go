@@ -127,3 +127,16 @@ func TestConfigReportsEveryProblemAtOnce(t *testing.T) {
 		t.Fatalf("want at least 4 problems, got %v", err)
 	}
 }
+
+// An unknown key in two tables of an array is reported at each of its
+// lines, the same every time.
+func TestUnknownKeyInEachListener(t *testing.T) {
+	data := []byte("keyring = \"/k\"\n[[listener]]\nbogus = 1\n[[listener]]\nbogus = 2\n[sign]\ndomains = [\"example.com\"]\n")
+	for range 20 {
+		_, err := ParseConfig("batv.toml", data)
+		if err == nil || !strings.Contains(err.Error(), `batv.toml:3: unknown key "listener.bogus"`) ||
+			!strings.Contains(err.Error(), `batv.toml:5: unknown key "listener.bogus"`) {
+			t.Fatalf("%v", err)
+		}
+	}
+}
