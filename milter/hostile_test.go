@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	gomilter "github.com/emersion/go-milter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -849,6 +850,22 @@ func TestThousandsOfIdleConnections(t *testing.T) {
 // milter agrees to send no reply to CONNECT, MAIL and headers, and keeps
 // to it, since a reply the MTA does not read would be taken as the answer
 // to its next question. Offered none of that, it replies to each.
+func TestNoReplyEvents(t *testing.T) {
+	for _, tt := range []struct {
+		proto gomilter.OptProtocol
+		want  string
+	}{
+		{0, "none"},
+		{gomilter.OptNoHelo | gomilter.OptNoHeaders, "none"},
+		{gomilter.OptNoConnReply | gomilter.OptNoMailReply | gomilter.OptNoHeaderReply | gomilter.OptNoHeaders, "connect+mail+header"},
+		{noReplyFlags, "connect+helo+mail+rcpt+data+unknown+header+eoh+body"},
+	} {
+		if got := (&conn{proto: tt.proto}).noReplyEvents(); got != tt.want {
+			t.Errorf("protocol %#x: %q, want %q", uint32(tt.proto), got, tt.want)
+		}
+	}
+}
+
 func TestNoReplyWhereTheMTADoesNotWait(t *testing.T) {
 	h := startHostile(t, nil)
 	valid := tag(t, "user@example.com", 1)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -417,6 +418,31 @@ func (c *conn) unanswered() bool {
 // noReply reports whether the MTA does not wait for a reply to the event
 // that flag (an SMFIP_NR_* bit) names.
 func (c *conn) noReply(flag gomilter.OptProtocol) bool { return c.proto&flag != 0 }
+
+// noReplyEvents names the events the MTA agreed not to wait on, for the
+// log: "connect+mail+header" with Postfix and Sendmail, "none" with an MTA
+// that did not offer it.
+func (c *conn) noReplyEvents() string {
+	var names []string
+	for _, e := range []struct {
+		flag gomilter.OptProtocol
+		name string
+	}{
+		{gomilter.OptNoConnReply, "connect"}, {gomilter.OptNoHeloReply, "helo"},
+		{gomilter.OptNoMailReply, "mail"}, {gomilter.OptNoRcptReply, "rcpt"},
+		{gomilter.OptNoDataReply, "data"}, {gomilter.OptNoUnknownReply, "unknown"},
+		{gomilter.OptNoHeaderReply, "header"}, {gomilter.OptNoEOHReply, "eoh"},
+		{gomilter.OptNoBodyReply, "body"},
+	} {
+		if c.noReply(e.flag) {
+			names = append(names, e.name)
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, "+")
+}
 
 // isModification reports whether a milter packet code is a message
 // modification (sent before the end-of-message reply, no answer).
