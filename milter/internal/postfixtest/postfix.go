@@ -97,7 +97,7 @@ type Options struct {
 	// keeps the two in step).
 	FullStartupChecks bool
 
-	// pickPorts replaces freePorts in tests of the port retry.
+	// pickPorts replaces FreePorts in tests of the port retry.
 	pickPorts func(n int) ([]int, error)
 }
 
@@ -146,12 +146,12 @@ func Start(t testing.TB, opts Options) *Instance {
 	t.Helper()
 	bins, reason := requirements()
 	if reason != "" {
-		skipOrFail(t, reason)
+		SkipOrFail(t, "postfixtest: "+reason)
 		return nil
 	}
 	uid, gid, err := PostfixIDs()
 	if err != nil {
-		skipOrFail(t, err.Error())
+		SkipOrFail(t, "postfixtest: "+err.Error())
 		return nil
 	}
 	t0 := time.Now()
@@ -164,13 +164,15 @@ func Start(t testing.TB, opts Options) *Instance {
 	return inst
 }
 
-func skipOrFail(t testing.TB, reason string) {
+// SkipOrFail skips the test for reason, or fails it when BATV_E2E=1 makes
+// the end-to-end tests mandatory. The sendmailtest package uses it too.
+func SkipOrFail(t testing.TB, reason string) {
 	t.Helper()
 	if os.Getenv(EnvE2E) == "1" {
-		t.Fatalf("postfixtest: %s (%s=1: the Postfix end-to-end tests are mandatory here)", reason, EnvE2E)
+		t.Fatalf("%s (%s=1: the end-to-end tests are mandatory here)", reason, EnvE2E)
 		return
 	}
-	t.Skipf("postfixtest: %s; skipping (set %s=1 to make this a failure)", reason, EnvE2E)
+	t.Skipf("%s; skipping (set %s=1 to make this a failure)", reason, EnvE2E)
 }
 
 // requirements finds the programs Start needs and checks that we are root.
@@ -415,7 +417,7 @@ func start(t testing.TB, opts Options, bins map[string]string, uid, gid int) (*I
 	// The ports are found free and then released before Postfix binds
 	// them; another process may take one in between. Retry with new ports.
 	for attempt := 0; attempt < 4; attempt++ {
-		pick := freePorts
+		pick := FreePorts
 		if opts.pickPorts != nil {
 			pick = opts.pickPorts
 		}
@@ -490,7 +492,9 @@ func portTaken(port int) bool {
 	return false
 }
 
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct TCP ports of 127.0.0.1 that were free a
+// moment ago.
+func FreePorts(n int) ([]int, error) {
 	var lns []net.Listener
 	defer func() {
 		for _, l := range lns {

@@ -551,7 +551,7 @@ func TestPortCollisionRetry(t *testing.T) {
 	calls := 0
 	inst := Start(t, Options{pickPorts: func(n int) ([]int, error) {
 		calls++
-		ports, err := freePorts(n)
+		ports, err := FreePorts(n)
 		if calls == 1 && err == nil {
 			ports[1] = busy.Addr().(*net.TCPAddr).Port
 		}
@@ -581,13 +581,13 @@ func (f *fakeTB) Fatalf(format string, args ...any) { f.fatal = fmt.Sprintf(form
 func TestSkipOrFail(t *testing.T) {
 	t.Setenv(EnvE2E, "")
 	f := &fakeTB{TB: t}
-	skipOrFail(f, "postfix not installed; install postfix")
+	SkipOrFail(f, "postfix not installed; install postfix")
 	if f.fatal != "" || !strings.Contains(f.skipped, "postfix not installed") || !strings.Contains(f.skipped, "BATV_E2E=1") {
 		t.Errorf("without %s: skipped %q, fatal %q", EnvE2E, f.skipped, f.fatal)
 	}
 	t.Setenv(EnvE2E, "1")
 	f = &fakeTB{TB: t}
-	skipOrFail(f, "postfix not installed; install postfix")
+	SkipOrFail(f, "postfix not installed; install postfix")
 	if f.skipped != "" || !strings.Contains(f.fatal, "postfix not installed") {
 		t.Errorf("with %s=1: skipped %q, fatal %q", EnvE2E, f.skipped, f.fatal)
 	}
@@ -598,7 +598,7 @@ func TestStartFailureReport(t *testing.T) {
 	t.Parallel()
 	bins, reason := requirements()
 	if reason != "" {
-		skipOrFail(t, reason)
+		SkipOrFail(t, reason)
 	}
 	uid, gid, err := PostfixIDs()
 	if err != nil {
