@@ -860,7 +860,7 @@ func TestNoReplyEvents(t *testing.T) {
 		{gomilter.OptNoConnReply | gomilter.OptNoMailReply | gomilter.OptNoHeaderReply | gomilter.OptNoHeaders, "connect+mail+header"},
 		{noReplyFlags, "connect+helo+mail+rcpt+data+unknown+header+eoh+body"},
 	} {
-		if got := (&conn{proto: tt.proto}).noReplyEvents(); got != tt.want {
+		if got := noReplyEvents(tt.proto).String(); got != tt.want {
 			t.Errorf("protocol %#x: %q, want %q", uint32(tt.proto), got, tt.want)
 		}
 	}
@@ -934,4 +934,13 @@ func TestNoReplyWhereTheMTADoesNotWait(t *testing.T) {
 		t.Fatalf("OPTNEG after a macro packet: %q %q", code, data)
 	}
 	u.expectReply("CONNECT", 'c', packet('C', connectData("mx.example.org", "192.0.2.25")))
+}
+
+// TestNoReplyEventsInJSONLog: the JSON log names the events too.
+func TestNoReplyEventsInJSONLog(t *testing.T) {
+	var b bytes.Buffer
+	slog.New(slog.NewJSONHandler(&b, nil)).Info("connect", "no_reply", noReplyEvents(gomilter.OptNoConnReply|gomilter.OptNoMailReply))
+	if !strings.Contains(b.String(), `"no_reply":"connect+mail"`) {
+		t.Errorf("JSON log line %s, want \"no_reply\":\"connect+mail\"", b.String())
+	}
 }

@@ -419,12 +419,21 @@ func (c *conn) unanswered() bool {
 // that flag (an SMFIP_NR_* bit) names.
 func (c *conn) noReply(flag gomilter.OptProtocol) bool { return c.proto&flag != 0 }
 
-// noReplyEvents names the events the MTA agreed not to wait on, for the
-// log: "connect+mail+header" with Postfix and Sendmail, "none" with an MTA
-// that did not offer it.
-func (c *conn) noReplyEvents() string {
+// noReplyEvents are the SMFIP_NR_* bits of a connection, for the log: a
+// slog.LogValuer, so the names are made only when the line is written (the
+// debug "connect" line costs no formatting at other levels) and a JSON log
+// gets the names, not the number.
+type noReplyEvents gomilter.OptProtocol
+
+// LogValue is String as a log value.
+func (e noReplyEvents) LogValue() slog.Value { return slog.StringValue(e.String()) }
+
+// String names the events the MTA agreed not to wait on:
+// "connect+mail+header" with Postfix and Sendmail, "none" with an MTA that
+// did not offer it.
+func (e noReplyEvents) String() string {
 	var names []string
-	for _, e := range []struct {
+	for _, ev := range []struct {
 		flag gomilter.OptProtocol
 		name string
 	}{
@@ -434,8 +443,8 @@ func (c *conn) noReplyEvents() string {
 		{gomilter.OptNoHeaderReply, "header"}, {gomilter.OptNoEOHReply, "eoh"},
 		{gomilter.OptNoBodyReply, "body"},
 	} {
-		if c.noReply(e.flag) {
-			names = append(names, e.name)
+		if gomilter.OptProtocol(e)&ev.flag != 0 {
+			names = append(names, ev.name)
 		}
 	}
 	if len(names) == 0 {

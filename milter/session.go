@@ -52,7 +52,7 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomi
 	f.Local = family == "unix" || family == "unknown" || family == "" || port == 0
 	s.c.facts = f
 	s.log().Debug("connect", "client", host, "family", family, "addr", f.Addr, "port", port,
-		"daemon_name", f.DaemonName, "local", f.Local, "no_reply", s.c.noReplyEvents())
+		"daemon_name", f.DaemonName, "local", f.Local, "no_reply", noReplyEvents(s.c.proto))
 	return s.cont(gomilter.OptNoConnReply), nil
 }
 
