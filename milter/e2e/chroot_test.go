@@ -38,7 +38,7 @@ func TestPostfixChrooted(t *testing.T) {
 	if err != nil || !res.Accepted() {
 		t.Fatalf("valid bounce: %v %v", res, err)
 	}
-	m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "chrooted valid bounce") })
+	m := pf.WaitMessage(t, wait, withText("chrooted valid bounce"))
 	if len(m.Rcpts) != 1 || m.Rcpts[0] != user {
 		t.Fatalf("delivered to %v, want [%s]", m.Rcpts, user)
 	}

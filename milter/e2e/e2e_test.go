@@ -28,6 +28,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Others may run it: the Sendmail tests run batv as user nobody.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	batvBin = filepath.Join(dir, "batv")
 	build := exec.Command("go", "build", "-o", batvBin, "github.com/batv/batv/cmd/batv")
 	build.Stderr = os.Stderr
@@ -213,9 +218,19 @@ func (d *daemon) Log() string {
 
 func startDaemon(t *testing.T, config string, sockets ...string) *daemon {
 	t.Helper()
+	return startDaemonAs(t, nil, config, sockets...)
+}
+
+// startDaemonAs is startDaemon with the daemon running as cred's user
+// (nil: as the test).
+func startDaemonAs(t *testing.T, cred *syscall.Credential, config string, sockets ...string) *daemon {
+	t.Helper()
 	d := &daemon{done: make(chan error, 1)}
 	d.cmd = exec.Command(batvBin, "milter", "--config", config)
 	d.cmd.Stdout, d.cmd.Stderr = d, d
+	if cred != nil {
+		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -261,6 +276,11 @@ func (d *daemon) stop(t *testing.T) {
 		d.cmd.Process.Kill()
 		t.Errorf("batv did not stop within 40s of SIGTERM")
 	}
+}
+
+// withText matches a message whose data contains text.
+func withText(text string) func(postfixtest.Message) bool {
+	return func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), text) }
 }
 
 func message(from, to, subject string) []byte {
@@ -382,7 +402,7 @@ func TestPostfixEndToEnd(t *testing.T) {
 		forged = forged[:9] + flip(forged[9:15]) + forged[15:]
 		res, err := pf.SendMX("", []string{forged, valid}, message("MAILER-DAEMON@remote.test", valid, "two recipients"))
 		expectSplit(t, res, err, forged, valid)
-		m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "two recipients") })
+		m := pf.WaitMessage(t, wait, withText("two recipients"))
 		if len(m.Rcpts) != 1 || m.Rcpts[0] != "bob@example.com" {
 			t.Fatalf("delivered to %v, want [bob@example.com]", m.Rcpts)
 		}
@@ -394,7 +414,7 @@ func TestPostfixEndToEnd(t *testing.T) {
 		if err != nil || !res.Accepted() {
 			t.Fatalf("send: %v %v", res, err)
 		}
-		m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "auto-reply") })
+		m := pf.WaitMessage(t, wait, withText("auto-reply"))
 		if len(m.Rcpts) != 1 || m.Rcpts[0] != user {
 			t.Fatalf("delivered to %v, want [%s]", m.Rcpts, user)
 		}
@@ -435,12 +455,12 @@ func TestPostfixEndToEnd(t *testing.T) {
 		if err != nil || !res.Accepted() {
 			t.Fatalf("inbound with the milter down: %v %v", res, err)
 		}
-		pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "milter down, inbound") })
+		pf.WaitMessage(t, wait, withText("milter down, inbound"))
 		res, err = pf.Submit("alice", password, user, []string{"carol@remote.test"}, message(user, "carol@remote.test", "milter down, outbound"))
 		if err != nil || !res.Accepted() {
 			t.Fatalf("submission with the milter down: %v %v", res, err)
 		}
-		m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "milter down, outbound") })
+		m := pf.WaitMessage(t, wait, withText("milter down, outbound"))
 		if m.From != user {
 			t.Fatalf("sender %q: with the milter down mail goes out unsigned", m.From)
 		}
@@ -466,7 +486,7 @@ func TestPostfixMilterDownTempfail(t *testing.T) {
 	if err != nil || !res.Accepted() {
 		t.Fatalf("retry: %v %v", res, err)
 	}
-	s.pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "retry me") })
+	s.pf.WaitMessage(t, wait, withText("retry me"))
 }
 
 // expectSplit checks the replies to a transaction with a refused and an

@@ -7,8 +7,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/batv/batv/milter/internal/postfixtest"
 )
 
 // A reply to a tag with a wrong MAC is delivered untagged and marked with
@@ -29,7 +27,7 @@ func TestPostfixForgedStatusHeaders(t *testing.T) {
 		if err != nil || !res.Accepted() {
 			t.Fatalf("send: %v %v", res, err)
 		}
-		m := s.pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), subject) })
+		m := s.pf.WaitMessage(t, wait, withText(subject))
 		if len(m.Rcpts) != 1 || m.Rcpts[0] != user {
 			t.Fatalf("delivered to %v, want [%s]", m.Rcpts, user)
 		}

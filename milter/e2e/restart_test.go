@@ -27,7 +27,7 @@ func TestPostfixRestartWhileBatvRuns(t *testing.T) {
 		if err != nil || !res.Accepted() {
 			t.Fatalf("submit %q: %v %v", subject, res, err)
 		}
-		m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), subject) })
+		m := pf.WaitMessage(t, wait, withText(subject))
 		if out := s.batv("verify", "--keyring", s.keyring, m.From); out != "valid "+user {
 			t.Fatalf("%q: envelope sender %q: %s", subject, m.From, out)
 		}
@@ -91,7 +91,7 @@ func TestPostfixRestartWhileBatvRuns(t *testing.T) {
 	if err != nil || !res.Accepted() {
 		t.Fatalf("the retried bounce: %v %v", res, err)
 	}
-	m := pf.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "bounce retried") })
+	m := pf.WaitMessage(t, wait, withText("bounce retried"))
 	if len(m.Rcpts) != 1 || m.Rcpts[0] != user {
 		t.Fatalf("the retried bounce went to %v, want [%s]", m.Rcpts, user)
 	}

@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"os"
+	osuser "os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,11 +16,14 @@ import (
 )
 
 // smSite is a Sendmail configured as docs/sendmail.md says, with batv in
-// front of it.
+// front of it. batv runs as user nobody, as it would under its own user:
+// its socket (mode 0600, docs/sendmail.md) is then not the test's, and
+// Sendmail reaches it because its daemon runs as root.
 type smSite struct {
 	*site
 	sm   *sendmailtest.Instance
 	sock string
+	as   *syscall.Credential
 }
 
 // docBlock returns the fenced block of docs/sendmail.md whose opening line
@@ -85,8 +91,33 @@ level = "debug"
 	// Sendmail first: it skips the test when Sendmail is missing, and
 	// connects to the milter only when mail comes.
 	s.sm = sendmailtest.Start(t, sendmailtest.Options{MC: mc})
-	s.daemon = startDaemon(t, s.config, s.sock)
+
+	nobody, err := osuser.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("user nobody: %v", err)
+	}
+	uid, err1 := strconv.ParseUint(nobody.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(nobody.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("user nobody: uid %q gid %q", nobody.Uid, nobody.Gid)
+	}
+	for _, p := range []string{s.dir, s.keyring, s.config} {
+		if err := os.Chown(p, int(uid), int(gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.as = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	s.start()
 	return s
+}
+
+// start starts batv as user nobody.
+func (s *smSite) start() {
+	s.t.Helper()
+	s.daemon = startDaemonAs(s.t, s.as, s.config, s.sock)
+	if fi, err := os.Stat(s.sock); err != nil || fi.Sys().(*syscall.Stat_t).Uid != s.as.Uid || fi.Mode().Perm() != 0o600 {
+		s.t.Fatalf("socket %s: %v %v, want mode 0600 owned by nobody", s.sock, fi, err)
+	}
 }
 
 // signSub signs addr in the sub-address form, daysAgo days ago.
@@ -96,15 +127,18 @@ func (s *smSite) signSub(addr string, daysAgo int) string {
 	return s.batv("sign", "--keyring", s.keyring, "--at", at, "--sub-address", "+", addr)
 }
 
+// forgeSub changes the last hex digit of a sub-address tag's MAC.
+func forgeSub(tagged string) string {
+	at := strings.Index(tagged, "@")
+	return tagged[:at-1] + flip(tagged[at-1:at]) + tagged[at:]
+}
+
 // subTag matches a sub-address tag of alice@example.com.
 var subTag = regexp.MustCompile(`^alice\+prvs=[0-9][0-9]{3}[0-9a-f]{6}@example\.com$`)
 
 func TestSendmailEndToEnd(t *testing.T) {
 	s := newSendmailSite(t, "")
 	sm := s.sm
-	withText := func(text string) func(postfixtest.Message) bool {
-		return func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), text) }
-	}
 
 	t.Run("mail on the submission port is signed in the sub-address form", func(t *testing.T) {
 		res, err := sm.Send(sm.MSAAddr(), user, []string{"carol@remote.test"}, message(user, "carol@remote.test", "signed"))
@@ -143,20 +177,18 @@ func TestSendmailEndToEnd(t *testing.T) {
 	})
 
 	t.Run("forged, expired and untagged bounces are refused at RCPT", func(t *testing.T) {
-		valid := s.signSub(user, 1)
-		at := strings.Index(valid, "@")
-		forged := valid[:at-1] + flip(valid[at-1:at]) + valid[at:]
-		for _, tt := range []struct{ rcpt, text string }{
-			{forged, "550 5.7.1 <" + forged + ">... Bounce refused: the recipient address tag is not valid (BATV)"},
-			{s.signSub(user, 9), "550 5.7.1 <" + s.signSub(user, 9) + ">... Bounce refused: the recipient address tag is expired (BATV)"},
-			{user, "550 5.7.1 <" + user + ">... Bounce refused: this address sends only tagged mail"},
+		for _, tt := range []struct{ rcpt, reason string }{
+			{forgeSub(s.signSub(user, 1)), "Bounce refused: the recipient address tag is not valid (BATV)"},
+			{s.signSub(user, 9), "Bounce refused: the recipient address tag is expired (BATV)"},
+			{user, "Bounce refused: this address sends only tagged mail"},
 		} {
 			res, err := sm.Send(sm.MTAAddr(), "", []string{tt.rcpt}, message("MAILER-DAEMON@remote.test", tt.rcpt, "bounce refused"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r := res.Rcpt(tt.rcpt); r == nil || !strings.HasPrefix(r.String(), tt.text) || res.Accepted() {
-				t.Errorf("RCPT %s: %v, want %q", tt.rcpt, r, tt.text)
+			want := "550 5.7.1 <" + tt.rcpt + ">... " + tt.reason
+			if r := res.Rcpt(tt.rcpt); r == nil || !strings.HasPrefix(r.String(), want) || res.Accepted() {
+				t.Errorf("RCPT %s: %v, want %q", tt.rcpt, r, want)
 			}
 		}
 	})
@@ -195,9 +227,7 @@ func TestSendmailEndToEnd(t *testing.T) {
 
 	t.Run("a multi-recipient bounce is decided per recipient", func(t *testing.T) {
 		valid := s.signSub("bob@example.com", 2)
-		forged := s.signSub(user, 2)
-		at := strings.Index(forged, "@")
-		forged = forged[:at-1] + flip(forged[at-1:at]) + forged[at:]
+		forged := forgeSub(s.signSub(user, 2))
 		res, err := sm.Send(sm.MTAAddr(), "", []string{forged, valid}, message("MAILER-DAEMON@remote.test", valid, "two recipients"))
 		expectSplit(t, res, err, forged, valid)
 		m := sm.WaitMessage(t, wait, withText("two recipients"))
@@ -253,10 +283,10 @@ func TestSendmailMilterDownTempfail(t *testing.T) {
 		t.Fatalf("with the milter down and F=T: %v, want 451 at MAIL", res)
 	}
 	// The sender retries once batv is back: the mail is delivered.
-	s.daemon = startDaemon(t, s.config, s.sock)
+	s.start()
 	res, err = s.sm.Send(s.sm.MTAAddr(), "carol@remote.test", []string{"bob@example.com"}, message("carol@remote.test", "bob@example.com", "retry me"))
 	if err != nil || !res.Accepted() {
 		t.Fatalf("retry: %v %v", res, err)
 	}
-	s.sm.WaitMessage(t, wait, func(m postfixtest.Message) bool { return strings.Contains(string(m.Data), "retry me") })
+	s.sm.WaitMessage(t, wait, withText("retry me"))
 }

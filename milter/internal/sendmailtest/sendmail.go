@@ -11,8 +11,8 @@
 //   - two listeners on 127.0.0.1 with free ports: the MTA port
 //     (DAEMON_OPTIONS Name=MTA) and a submission port (Name=MSA), which
 //     batv's submission_daemons can name;
-//   - the local domain opts.Domain (default example.com) with local users
-//     opts.Users (default alice, bob, postmaster). Each is an alias to
+//   - the local domain example.com with the local users alice, bob and
+//     postmaster. Each is an alias to
 //     USER@sink.test, so a message "delivered to the mailbox of alice" is
 //     one the sink receives for alice@sink.test. Sendmail delivers
 //     alice+anything to alice, and refuses any other local recipient with
@@ -62,15 +62,14 @@ import (
 // sendmail-cf packages.
 const EnvRoot = "BATV_SENDMAIL_ROOT"
 
-// Hostname is the instance's host name ($j).
-const Hostname = "mx.example.com"
+// hostname is the instance's host name ($j).
+const hostname = "mx.example.com"
 
-// Options configure an Instance. The zero value is usable.
+// users are the local users of example.com.
+var users = []string{"alice", "bob", "postmaster"}
+
+// Options configure an Instance.
 type Options struct {
-	// Domain is the local domain (Cw), default example.com.
-	Domain string
-	// Users are the local users, default alice, bob and postmaster.
-	Users []string
 	// MC are .mc lines inserted before the MAILER lines: the milter
 	// configuration under test.
 	MC string
@@ -94,22 +93,18 @@ type binaries struct {
 
 func findBinaries() (binaries, string) {
 	var b binaries
-	var roots []string
-	if r := os.Getenv(EnvRoot); r != "" {
-		roots = []string{r}
-	} else {
-		roots = []string{"/"}
+	root := os.Getenv(EnvRoot)
+	if root == "" {
+		root = "/"
 	}
-	for _, root := range roots {
-		for _, p := range []string{"usr/libexec/sendmail/sendmail", "usr/lib/sm.bin/sendmail"} {
-			if fi, err := os.Stat(filepath.Join(root, p)); err == nil && fi.Mode().IsRegular() {
-				b.sendmail = filepath.Join(root, p)
-				break
-			}
+	for _, p := range []string{"usr/libexec/sendmail/sendmail", "usr/lib/sm.bin/sendmail"} {
+		if fi, err := os.Stat(filepath.Join(root, p)); err == nil && fi.Mode().IsRegular() {
+			b.sendmail = filepath.Join(root, p)
+			break
 		}
-		if fi, err := os.Stat(filepath.Join(root, "usr/share/sendmail/cf/m4/cf.m4")); err == nil && fi.Mode().IsRegular() {
-			b.cfDir = filepath.Join(root, "usr/share/sendmail/cf")
-		}
+	}
+	if fi, err := os.Stat(filepath.Join(root, "usr/share/sendmail/cf/m4/cf.m4")); err == nil && fi.Mode().IsRegular() {
+		b.cfDir = filepath.Join(root, "usr/share/sendmail/cf")
 	}
 	const install = "unpack Debian's sendmail-bin and sendmail-cf into a directory and set " + EnvRoot +
 		" to it (apt-get download sendmail-bin sendmail-cf; dpkg-deb -x FILE DIR), as .ci/run does"
@@ -142,12 +137,6 @@ func Start(t testing.TB, opts Options) *Instance {
 		postfixtest.SkipOrFail(t, reason)
 		return nil
 	}
-	if opts.Domain == "" {
-		opts.Domain = "example.com"
-	}
-	if opts.Users == nil {
-		opts.Users = []string{"alice", "bob", "postmaster"}
-	}
 	i := &Instance{dir: postfixtest.TempDir(t), sink: postfixtest.NewSink(t), done: make(chan struct{})}
 	ports, err := postfixtest.FreePorts(2)
 	if err != nil {
@@ -170,18 +159,17 @@ func Start(t testing.TB, opts Options) *Instance {
 }
 
 func (i *Instance) configure(bins binaries, opts Options) error {
-	queue := filepath.Join(i.dir, "mqueue")
-	if err := os.Mkdir(queue, 0o700); err != nil {
+	if err := os.Mkdir(filepath.Join(i.dir, "mqueue"), 0o700); err != nil {
 		return err
 	}
 	var aliases strings.Builder
-	for _, u := range opts.Users {
+	for _, u := range users {
 		fmt.Fprintf(&aliases, "%s: %s@sink.test\n", u, u)
 	}
 	files := map[string]string{
 		"sendmail.mc":    i.mc(opts),
 		"aliases":        aliases.String(),
-		"hosts":          "127.0.0.1 localhost " + Hostname + "\n",
+		"hosts":          "127.0.0.1 localhost " + hostname + "\n",
 		"service.switch": "hosts files\naliases files\n",
 	}
 	for name, content := range files {
@@ -225,7 +213,7 @@ func (i *Instance) mc(opts Options) string {
 	b.WriteString("divert(-1)\ndivert(0)dnl\n")
 	line("OSTYPE", "linux")
 	for _, d := range [][2]string{
-		{"confDOMAIN_NAME", Hostname},
+		{"confDOMAIN_NAME", hostname},
 		{"QUEUE_DIR", path("mqueue")},
 		{"confPID_FILE", path("sendmail.pid")},
 		{"ALIAS_FILE", path("aliases")},
@@ -248,7 +236,7 @@ func (i *Instance) mc(opts Options) string {
 	line("FEATURE", "no_default_msa")
 	line("DAEMON_OPTIONS", fmt.Sprintf("Port=%d, Addr=127.0.0.1, Name=MTA", i.mtaPort))
 	line("DAEMON_OPTIONS", fmt.Sprintf("Port=%d, Addr=127.0.0.1, Name=MSA, M=E", i.msaPort))
-	line("LOCAL_DOMAIN", opts.Domain)
+	line("LOCAL_DOMAIN", "example.com")
 	b.WriteString(opts.MC)
 	b.WriteString("\n")
 	line("MAILER", "local")
@@ -259,10 +247,10 @@ func (i *Instance) mc(opts Options) string {
 func (i *Instance) cfPath() string { return filepath.Join(i.dir, "sendmail.cf") }
 
 // command runs Sendmail with the instance's configuration and args in a
-// UTS namespace where the host name is Hostname (see the package doc).
+// UTS namespace where the host name is hostname (see the package doc).
 func (i *Instance) command(bins binaries, args ...string) *exec.Cmd {
 	script := `hostname "$0" && exec "$@"`
-	argv := append([]string{"--uts", "sh", "-c", script, Hostname, bins.sendmail, "-C", i.cfPath()}, args...)
+	argv := append([]string{"--uts", "sh", "-c", script, hostname, bins.sendmail, "-C", i.cfPath()}, args...)
 	cmd := exec.Command(bins.unshare, argv...)
 	cmd.Dir = i.dir
 	return cmd
@@ -359,9 +347,6 @@ func (i *Instance) TrafficTail(n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-// Dir is the instance's directory (configuration, queue, logs).
-func (i *Instance) Dir() string { return i.dir }
 
 // Output is what the daemon wrote to its standard output and error.
 func (i *Instance) Output() string {
