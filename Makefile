@@ -44,7 +44,7 @@ fuzz:
 fuzz-short:
 	$(MAKE) fuzz FUZZTIME=100000x FUZZMINTIME=5s
 
-# The soak test (milter/soak): the batv binary under 1,000 concurrent MTA
+# The soak test (internal/soak): the batv binary under 1,000 concurrent MTA
 # sessions on loopback for SOAK, memory, goroutines and descriptors sampled
 # and required flat after warm-up. make soak runs the 30 minutes of the
 # figures in docs/robustness.md; CI runs make soak-short (one minute).
@@ -52,19 +52,19 @@ fuzz-short:
 SOAK      ?= 30m
 SOAK_OUT  ?=
 soak:
-	BATV_SOAK=$(SOAK) BATV_SOAK_OUT=$(SOAK_OUT) $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./milter/soak/
+	BATV_SOAK=$(SOAK) BATV_SOAK_OUT=$(SOAK_OUT) $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./internal/soak/
 
 soak-short:
 	$(MAKE) soak SOAK=1m
 
 # The micro-benchmarks of every package that has some, then a short load
 # run of the milter daemon against a do-nothing go-milter reference, side by
-# side (milter/internal/benchrun; docs/performance.md). BENCHFLAGS go to
+# side (internal/benchrun; docs/performance.md). BENCHFLAGS go to
 # benchrun, e.g. BENCHFLAGS='-runs 1 -messages 2000' for a quicker look.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem $$(grep -rl --include='*_test.go' '^func Benchmark' . | xargs -n1 dirname | sort -u)
-	$(GO) build -o bin/refmilter ./milter/internal/refmilter
-	$(GO) run ./milter/internal/benchrun -batv $(BIN) -ref bin/refmilter $(BENCHFLAGS)
+	$(GO) build -o bin/refmilter ./internal/refmilter
+	$(GO) run ./internal/benchrun -batv $(BIN) -ref bin/refmilter $(BENCHFLAGS)
 
 # The man pages: man/batv.8 from the command line, man/batv.toml.5 from
 # docs/batv.toml. View them with man -l man/batv.8.

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/milter/mtaclient"
+	"github.com/batv/batv/internal/mtaclient"
 )
 
 // testServer serves the milter with roles and the test policy on a unix

@@ -13,8 +13,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/mtaclient/load"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/mtaclient/load"
 )
 
 const (

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/milter/miltertest"
+	"github.com/batv/batv/internal/testenv/miltertest"
 )
 
 // benchMilter serves batv's milter, both roles, with key id 2 and the

@@ -5,7 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/batv/batv/milter/daemon"
+	"github.com/batv/batv/internal/daemon"
 )
 
 func checkConfigCommand() *cli.Command {

@@ -11,9 +11,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/daemon"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/milter"
-	"github.com/batv/batv/milter/daemon"
 )
 
 func explainCommand() *cli.Command {

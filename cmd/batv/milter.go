@@ -9,8 +9,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/batv/batv/internal/daemon"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/daemon"
 )
 
 const (

@@ -26,9 +26,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/batv/batv/internal/socketmap"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/milter"
-	"github.com/batv/batv/milter/socketmap"
 )
 
 // Options are what the command line gives the daemon beside the file.

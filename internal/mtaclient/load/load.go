@@ -55,7 +55,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/milter/mtaclient"
+	"github.com/batv/batv/internal/mtaclient"
 )
 
 // Workload is the kind of message a run sends.

@@ -1,11 +1,11 @@
 // Command benchrun is the load half of "make bench": it starts the batv
-// milter daemon and the do-nothing reference milter (milter/internal/
+// milter daemon and the do-nothing reference milter (internal/
 // refmilter) side by side, drives both with the same load (package
-// milter/mtaclient/load, the engine of "batv bench") and prints a table
+// internal/mtaclient/load, the engine of "batv bench") and prints a table
 // of throughput, latency, milter CPU per message and peak memory, with
 // each batv figure set against the reference's from the same run.
 //
-//	go run ./milter/internal/benchrun -batv bin/batv -ref bin/refmilter
+//	go run ./internal/benchrun -batv bin/batv -ref bin/refmilter
 //
 // Every measurement is repeated -runs times, batv and the reference
 // alternating, and the median is shown. The daemons run with a fresh
@@ -33,8 +33,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/batv/batv/internal/mtaclient/load"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/mtaclient/load"
 )
 
 func main() {

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/batv/batv/milter/internal/postfixtest"
-	"github.com/batv/batv/milter/internal/sendmailtest"
+	"github.com/batv/batv/internal/testenv/postfixtest"
+	"github.com/batv/batv/internal/testenv/sendmailtest"
 )
 
 // smSite is a Sendmail configured as docs/sendmail.md says, with batv in

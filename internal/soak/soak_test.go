@@ -3,8 +3,8 @@
 // goroutines and file descriptors sampled and required to stay flat after
 // warm-up. It runs only when BATV_SOAK is set to a duration:
 //
-//	BATV_SOAK=1m go test -run TestSoak -v ./milter/soak/    # CI (make soak-short)
-//	BATV_SOAK=30m go test -run TestSoak -v -timeout 40m ./milter/soak/   # make soak
+//	BATV_SOAK=1m go test -run TestSoak -v ./internal/soak/    # CI (make soak-short)
+//	BATV_SOAK=30m go test -run TestSoak -v -timeout 40m ./internal/soak/   # make soak
 //
 // BATV_SOAK_CONNS (default 1000) is the number of concurrent sessions,
 // BATV_SOAK_RATE (default 1000) the messages per second they send in all,
@@ -35,8 +35,8 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/mtaclient"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/mtaclient"
 )
 
 func envInt(name string, def int) int {

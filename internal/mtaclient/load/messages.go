@@ -5,7 +5,7 @@ import (
 	"strings"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/milter/mtaclient"
+	"github.com/batv/batv/internal/mtaclient"
 )
 
 // testMessage is one message of a workload and what the milter should do

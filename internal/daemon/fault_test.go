@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/mtaclient"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/mtaclient"
 )
 
 // Faults while mail flows: the daemon runs in-process on a unix socket

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/batv/batv/milter/mtaclient"
+	"github.com/batv/batv/internal/mtaclient"
 )
 
 // WriteText writes the report for a person to read.

@@ -13,20 +13,20 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/mtaclient/load"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/internal/postfixtest"
-	"github.com/batv/batv/milter/mtaclient/load"
 )
 
 // TestPostfixThroughput measures what the batv milter costs a real
-// Postfix: the same private instance (milter/internal/postfixtest) with
+// Postfix: the same private instance (internal/testenv/postfixtest) with
 // and without smtpd_milters, the same smtp-source load, the time until
 // every message has been accepted and until every message has reached the
 // sink. It is a benchmark, not a test: it runs only with
 // BATV_BENCH_POSTFIX=1 (as root, with Postfix and smtp-source installed),
 // asserts nothing about the figures and logs a table (go test -v).
 //
-//	BATV_BENCH_POSTFIX=1 go test -v -run TestPostfixThroughput -timeout 30m ./milter/internal/benchrun/
+//	BATV_BENCH_POSTFIX=1 go test -v -run TestPostfixThroughput -timeout 30m ./internal/benchrun/
 //
 // BATV_BENCH_MESSAGES (default 2000), BATV_BENCH_SESSIONS (default 16) and
 // BATV_BENCH_RUNS (default 3) change the load; BATV_BENCH_REUSE=1 sends all
@@ -50,7 +50,7 @@ func TestPostfixThroughput(t *testing.T) {
 
 	dir := postfixtest.TempDir(t)
 	bin, refBin := filepath.Join(dir, "batv"), filepath.Join(dir, "refmilter")
-	for out, pkg := range map[string]string{bin: "github.com/batv/batv/cmd/batv", refBin: "github.com/batv/batv/milter/internal/refmilter"} {
+	for out, pkg := range map[string]string{bin: "github.com/batv/batv/cmd/batv", refBin: "github.com/batv/batv/internal/refmilter"} {
 		if b, err := exec.Command("go", "build", "-trimpath", "-o", out, pkg).CombinedOutput(); err != nil {
 			t.Fatalf("go build: %v\n%s", err, b)
 		}

@@ -15,8 +15,8 @@ import (
 	gomilter "github.com/emersion/go-milter"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/milter/miltertest"
-	"github.com/batv/batv/milter/mtaclient"
+	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/testenv/miltertest"
 )
 
 var testKeys = batv.SingleKey{ID: 3, Secret: []byte("load test key, 32 bytes long...")}

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/mtaclient"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/keyring/keyringtest"
-	"github.com/batv/batv/milter/mtaclient"
 )
 
 // Security checks of the running daemon: no key material in any log line,

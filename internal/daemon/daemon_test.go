@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/mtaclient"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/mtaclient"
 )
 
 // testDaemon is a daemon run in-process on unix sockets in a temp dir.
