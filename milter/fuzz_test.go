@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/policy"
+
 	"github.com/batv/batv/batv"
 )
 
@@ -284,8 +286,8 @@ func (l *chanListener) Addr() net.Addr { return &net.UnixAddr{Name: "fuzz", Net:
 
 // fuzzPolicy signs only authenticated mail, so that whether a message may
 // be signed follows from the macros the MTA sent.
-func fuzzPolicy(t testing.TB) *Policy {
-	return testPolicy(t, func(c *Config) {
+func fuzzPolicy(t testing.TB) *policy.Policy {
+	return testPolicy(t, func(c *policy.Config) {
 		c.Sign.InternalNetworks = nil
 		c.Sign.Local = false
 	})
@@ -300,7 +302,7 @@ func fuzzServer(t testing.TB, roles Roles) *fuzzSrv {
 	p := fuzzPolicy(t)
 	ln := &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
 	s := &fuzzSrv{
-		Server: &Server{Name: "fuzz", Roles: roles, Policy: func() *Policy { return p },
+		Server: &Server{Name: "fuzz", Roles: roles, Policy: func() *policy.Policy { return p },
 			Now: func() time.Time { return testNow }, Logger: slog.New(slog.DiscardHandler), IdleTimeout: 5 * time.Second},
 		conns: ln.conns,
 	}
@@ -437,8 +439,7 @@ func (m *fuzzModel) noReply(cmd byte) bool {
 var fuzzVerifier = batv.Verifier{Keys: testKeys, Now: func() time.Time { return testNow }}
 
 func protected(addr string) bool {
-	_, d := splitAddr(addr)
-	d = strings.ToLower(d)
+	d := strings.ToLower(addr[strings.LastIndexByte(addr, '@')+1:])
 	return d == "example.com" || d == "example.net"
 }
 

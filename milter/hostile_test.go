@@ -19,9 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/internal/metrics"
+
+	"github.com/batv/batv/policy"
+
 	gomilter "github.com/emersion/go-milter"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/mtaclient"
@@ -63,7 +66,7 @@ func startHostile(t *testing.T, tweak func(*Server)) *hostile {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv = &Server{Name: "hostile", Roles: Outbound | Inbound, Policy: func() *Policy { return p },
+	h.srv = &Server{Name: "hostile", Roles: Outbound | Inbound, Policy: func() *policy.Policy { return p },
 		Now: func() time.Time { return testNow }, Logger: logger, IdleTimeout: 500 * time.Millisecond}
 	if tweak != nil {
 		tweak(h.srv)
@@ -762,9 +765,10 @@ func TestThousandsOfIdleConnections(t *testing.T) {
 	if n < 2*limit {
 		t.Skipf("file descriptor limit %d is too low for this test", rl.Cur)
 	}
+	reg := prometheus.NewRegistry()
 	h := startHostile(t, func(s *Server) {
 		s.MaxConns, s.IdleTimeout = limit, time.Second
-		s.Metrics = NewMetrics(prometheus.NewRegistry())
+		s.Metrics = metrics.New(reg)
 	})
 
 	// Watch the number of open connections while the flood lasts.
@@ -821,7 +825,7 @@ func TestThousandsOfIdleConnections(t *testing.T) {
 	wg.Wait()
 	close(stopWatch)
 	watching.Wait()
-	refused := int(testutil.ToFloat64(h.srv.Metrics.connsTotal.WithLabelValues(h.srv.Name, "refused")))
+	refused := int(counterValue(t, reg, "batv_connections_total", "listener", h.srv.Name, "result", "refused"))
 	// The log says so once per refusalLogEvery, with the count.
 	if lines := h.log.count("connection refused: limit reached", "refused="); lines < 1 || lines > 2 {
 		t.Errorf("%d log lines for %d refusals, want 1 or 2", lines, refused)
@@ -943,4 +947,33 @@ func TestNoReplyEventsInJSONLog(t *testing.T) {
 	if !strings.Contains(b.String(), `"no_reply":"connect+mail"`) {
 		t.Errorf("JSON log line %s, want \"no_reply\":\"connect+mail\"", b.String())
 	}
+}
+
+// counterValue reads a counter from reg, the series with the given label
+// pairs; 0 if there is none.
+func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue series
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }

@@ -8,6 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/internal/metrics"
+
+	"github.com/batv/batv/policy"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/batv/batv/internal/mtaclient"
@@ -21,12 +25,12 @@ import (
 // package mtaclient's terms: see BenchmarkSendFastPeer there for the
 // client's own share). docs/performance.md has the figures.
 
-func benchServer(b *testing.B, roles Roles, mod func(*Config)) string {
+func benchServer(b *testing.B, roles Roles, mod func(*policy.Config)) string {
 	b.Helper()
 	_, path := testServer(b, roles, mod, func(s *Server) {
 		s.Name = "bench"
 		s.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		s.Metrics = NewMetrics(prometheus.NewRegistry())
+		s.Metrics = metrics.New(prometheus.NewRegistry())
 	})
 	return path
 }
@@ -61,7 +65,7 @@ var benchBody = []byte(strings.Repeat("The quick brown fox jumps over the lazy d
 
 func BenchmarkMessage(b *testing.B) {
 	valid := tag(b, "user@example.com", 1)
-	noHeaders := func(c *Config) { c.Verify.RemoveForgedHeaders = false }
+	noHeaders := func(c *policy.Config) { c.Verify.RemoveForgedHeaders = false }
 	outbound := &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
 		AuthUser: "alice", QueueID: "4ABC", Headers: benchHeaders("bob@example.org"), Body: benchBody}
 	bounce := &mtaclient.Message{Sender: "", Recipients: []string{valid}, QueueID: "4ABD",
@@ -71,7 +75,7 @@ func BenchmarkMessage(b *testing.B) {
 	for _, bm := range []struct {
 		name  string
 		roles Roles
-		mod   func(*Config)
+		mod   func(*policy.Config)
 		msg   *mtaclient.Message
 		check func(*mtaclient.Result) bool
 	}{
@@ -124,43 +128,8 @@ func BenchmarkDecisionLog(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		log.Info("signed", "queue_id", "4ABC", "direction", "outbound", "outcome", "signed",
-			"reason", OutAuthenticated, "key_id", 1, "sender", "alice@example.com",
+			"reason", policy.Authenticated, "key_id", 1, "sender", "alice@example.com",
 			"tagged", "prvs=1234567890=alice@example.com")
-	}
-}
-
-// BenchmarkPolicy is the cost of the decisions themselves, without the
-// protocol.
-func BenchmarkPolicy(b *testing.B) {
-	p := testPolicy(b, nil)
-	valid := tag(b, "user@example.com", 1)
-	b.Run("Sign", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if r := p.Sign("alice@example.com", []string{"bob@example.org"}, testNow); r.Address == "" {
-				b.Fatal(r)
-			}
-		}
-	})
-	b.Run("Recipient", func(b *testing.B) {
-		env := Envelope{Conn: mxClient}
-		b.ReportAllocs()
-		for b.Loop() {
-			if r := p.Recipient(env, valid, testNow); r.Action != ActAccept {
-				b.Fatal(r)
-			}
-		}
-	})
-}
-
-// BenchmarkMetrics is the cost of the counters and the histogram one
-// message updates.
-func BenchmarkMetrics(b *testing.B) {
-	m := NewMetrics(prometheus.NewRegistry())
-	b.ReportAllocs()
-	for b.Loop() {
-		m.decision("inbound", 2e-6)
-		m.recipient("valid", "accept")
 	}
 }
 
@@ -168,7 +137,7 @@ func BenchmarkMetrics(b *testing.B) {
 // (not through go-milter's Modifier) are what the MTA expects, for every
 // kind batv sends.
 func TestModificationPackets(t *testing.T) {
-	_, path := testServer(t, Inbound, func(c *Config) { c.Verify.UntaggedBounce = "quarantine" }, nil)
+	_, path := testServer(t, Inbound, func(c *policy.Config) { c.Verify.UntaggedBounce = "quarantine" }, nil)
 	c := dial(t, path, "192.0.2.25", "smtpd")
 	res := send(t, c, &mtaclient.Message{Sender: "", Recipients: []string{"user@example.com"},
 		Headers: []mtaclient.Header{{Name: "X-BATV-Status", Value: "valid"}}, Body: []byte("hi\r\n")})

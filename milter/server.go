@@ -14,6 +14,9 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
+
+	"github.com/batv/batv/internal/metrics"
+	"github.com/batv/batv/policy"
 )
 
 // Roles say what a listener's milter does.
@@ -50,11 +53,11 @@ type Server struct {
 	Roles Roles
 	// Policy returns the policy in force; each message is decided with the
 	// policy current at its MAIL command.
-	Policy func() *Policy
+	Policy func() *policy.Policy
 	// Logger receives one line per decision and per session problem.
 	Logger *slog.Logger
 	// Metrics records decisions and connections; nil records nothing.
-	Metrics *Metrics
+	Metrics *metrics.Metrics
 	// MaxConns limits concurrent MTA connections; 0 means no limit. A
 	// connection over the limit is closed at once, so the MTA applies its
 	// default action at once rather than after its connect timeout.
@@ -161,7 +164,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		s.mu.Unlock()
 		nc.Close()
 		if !draining {
-			s.Metrics.connRefused(s.Name)
+			s.Metrics.ConnRefused(s.Name)
 		}
 		if logNow {
 			s.logger().Warn("connection refused: limit reached", "listener", s.Name, "max_connections", s.MaxConns,
@@ -172,7 +175,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	s.Metrics.connOpened(s.Name)
+	s.Metrics.ConnOpened(s.Name)
 
 	actions, protocol := s.negotiation()
 	ms := &gomilter.Server{
@@ -194,7 +197,7 @@ func (s *Server) sessionEnded(c *conn) {
 	s.mu.Unlock()
 	how := c.endReason()
 	c.logEnd(how)
-	s.Metrics.connClosed(s.Name, how)
+	s.Metrics.ConnClosed(s.Name, how)
 	s.wg.Done()
 }
 
@@ -297,7 +300,7 @@ type conn struct {
 
 	// Connection facts from CONNECT, kept across go-milter's fresh
 	// Milter objects.
-	facts Conn
+	facts policy.Client
 	// offer is the protocol steps the MTA offered in its option
 	// negotiation (offerKnown: it has been read), and proto what was
 	// agreed: what the milter asked for, within the offer. The session

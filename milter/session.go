@@ -10,6 +10,8 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
+
+	"github.com/batv/batv/policy"
 )
 
 // session is go-milter's Milter for one connection. It collects the facts
@@ -21,9 +23,10 @@ import (
 type session struct {
 	c *conn
 
-	policy    *Policy
+	policy    *policy.Policy
+	trx       policy.Transaction
 	sender    string
-	outbound  string // why the message is ours to sign, or ""
+	outbound  policy.Origin // why the message is ours to sign
 	queueID   string
 	rcpts     []rcptState
 	bounces   int      // recipients in protected domains of a null-sender message
@@ -34,7 +37,7 @@ type session struct {
 // rcptState is one recipient as received and what was decided for it.
 type rcptState struct {
 	addr string
-	d    Recipient
+	d    policy.Decision
 }
 
 var _ gomilter.Milter = (*session)(nil)
@@ -42,7 +45,7 @@ var _ gomilter.Milter = (*session)(nil)
 func (s *session) srv() *Server { return s.c.srv }
 
 func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (gomilter.Response, error) {
-	f := Conn{DaemonName: m.Macros["{daemon_name}"]}
+	f := policy.Client{DaemonName: m.Macros["{daemon_name}"]}
 	if a, ok := netip.AddrFromSlice(addr); ok {
 		f.Addr = a.Unmap()
 	}
@@ -76,9 +79,11 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response
 	s.policy = s.srv().Policy()
 	s.sender = from
 	s.queueID = m.Macros["i"]
+	s.c.facts.AuthUser = m.Macros["{auth_authen}"]
+	s.trx = s.policy.Begin(s.c.facts, from)
 	if s.srv().Roles&Outbound != 0 {
-		s.outbound = s.policy.Outbound(s.c.facts, m.Macros["{auth_authen}"])
-		if s.outbound == "" {
+		s.outbound = s.policy.Origin(s.c.facts)
+		if s.outbound == policy.NotOurs {
 			s.log().Debug("not ours to sign", "direction", "outbound", "sender", from,
 				"client", s.c.facts.Addr, "daemon_name", s.c.facts.DaemonName)
 		}
@@ -93,13 +98,13 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	if s.queueID == "" {
 		s.queueID = m.Macros["i"]
 	}
-	st := rcptState{addr: rcpt, d: Recipient{Action: ActPass, KeyID: -1}}
+	st := rcptState{addr: rcpt, d: policy.Decision{Action: policy.ActPass, KeyID: -1}}
 	if s.srv().Roles&Inbound != 0 {
 		start := time.Now()
-		st.d = s.policy.Recipient(Envelope{Conn: s.c.facts, Sender: s.sender}, rcpt, s.srv().now())
-		s.srv().Metrics.decision("inbound", time.Since(start).Seconds())
-		if st.d.Outcome != "" {
-			s.srv().Metrics.recipient(st.d.Outcome, st.d.Action.String())
+		st.d = s.trx.Recipient(rcpt, s.srv().now())
+		s.srv().Metrics.Decision("inbound", time.Since(start).Seconds())
+		if st.d.Protected {
+			s.srv().Metrics.Recipient(st.d)
 			if s.sender == "" {
 				s.bounces++
 			}
@@ -156,7 +161,7 @@ func (s *session) applyInbound() error {
 		return nil
 	}
 	if s.bounces > 1 {
-		s.srv().Metrics.multipleRecipients()
+		s.srv().Metrics.MultipleRecipients()
 		s.log().Info("bounce with several protected recipients", "queue_id", s.queueID, "recipients", s.bounces)
 	}
 	name := s.policy.StatusHeader()
@@ -199,7 +204,7 @@ func (s *session) applyInbound() error {
 				return err
 			}
 		}
-		if d.Action == ActQuarantine {
+		if d.Action == policy.ActQuarantine {
 			c.modStart(modQuarantine)
 			c.modString("BATV: untagged bounce to <", r.addr, ">")
 			if err := c.modSend(); err != nil {
@@ -211,7 +216,7 @@ func (s *session) applyInbound() error {
 }
 
 func (s *session) applyOutbound() (gomilter.Response, error) {
-	if s.outbound == "" {
+	if s.outbound == policy.NotOurs {
 		return gomilter.RespContinue, nil
 	}
 	rcpts := s.signRcpts[:0]
@@ -223,10 +228,10 @@ func (s *session) applyOutbound() (gomilter.Response, error) {
 	s.signRcpts = rcpts
 	start := time.Now()
 	res := s.policy.Sign(s.sender, rcpts, s.srv().now())
-	s.srv().Metrics.decision("outbound", time.Since(start).Seconds())
+	s.srv().Metrics.Decision("outbound", time.Since(start).Seconds())
 	if res.Address == "" {
-		s.srv().Metrics.signed(res.Skip)
-		if res.Skip == SkipError {
+		s.srv().Metrics.Signed(res.Skip)
+		if res.Skip == policy.SkipError {
 			s.log().Error("signing failed", "queue_id", s.queueID, "direction", "outbound",
 				"sender", s.sender, "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
 			if s.policy.TempfailOnSignError() {
@@ -235,7 +240,7 @@ func (s *session) applyOutbound() (gomilter.Response, error) {
 			return gomilter.RespContinue, nil
 		}
 		s.log().Info("not signed", "queue_id", s.queueID, "direction", "outbound",
-			"outcome", "skipped", "reason", res.Skip, "sender", s.sender, "why_ours", s.outbound)
+			"outcome", "skipped", "reason", res.Skip.String(), "sender", s.sender, "why_ours", s.outbound.String())
 		return gomilter.RespContinue, nil
 	}
 	s.c.modStart(modChangeFrom)
@@ -243,9 +248,9 @@ func (s *session) applyOutbound() (gomilter.Response, error) {
 	if err := s.c.modSend(); err != nil {
 		return nil, err
 	}
-	s.srv().Metrics.signed("signed")
+	s.srv().Metrics.Signed(policy.NotSkipped)
 	s.log().Info("signed", "queue_id", s.queueID, "direction", "outbound", "outcome", "signed",
-		"reason", s.outbound, "key_id", res.KeyID, "sender", s.sender, "tagged", res.Address)
+		"reason", s.outbound.String(), "key_id", res.KeyID, "sender", s.sender, "tagged", res.Address)
 	return gomilter.RespContinue, nil
 }
 
@@ -256,13 +261,14 @@ func (s *session) Abort(*gomilter.Modifier) error {
 }
 
 func (s *session) reset() {
-	s.policy, s.sender, s.outbound, s.queueID = nil, "", "", ""
+	s.policy, s.sender, s.outbound, s.queueID = nil, "", policy.NotOurs, ""
+	s.trx = policy.Transaction{}
 	s.rcpts = s.rcpts[:0]
 	s.bounces, s.forged = 0, 0
 }
 
-func (s *session) logRecipient(rcpt string, d Recipient) {
-	attrs := []any{"queue_id", s.queueID, "direction", "inbound", "outcome", d.Outcome,
+func (s *session) logRecipient(rcpt string, d policy.Decision) {
+	attrs := []any{"queue_id", s.queueID, "direction", "inbound", "outcome", d.Status.String(),
 		"action", d.Action.String(), "reason", d.Reason, "rcpt", rcpt}
 	if d.KeyID >= 0 {
 		attrs = append(attrs, "key_id", d.KeyID)

@@ -15,13 +15,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/policy"
+
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/mtaclient"
 )
 
 // testServer serves the milter with roles and the test policy on a unix
 // socket and returns the server and the socket path.
-func testServer(t testing.TB, roles Roles, mod func(*Config), tweak func(*Server)) (*Server, string) {
+func testServer(t testing.TB, roles Roles, mod func(*policy.Config), tweak func(*Server)) (*Server, string) {
 	t.Helper()
 	p := testPolicy(t, mod)
 	dir, err := os.MkdirTemp("", "batv-milter")
@@ -34,7 +36,7 @@ func testServer(t testing.TB, roles Roles, mod func(*Config), tweak func(*Server
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{Name: "test", Roles: roles, Policy: func() *Policy { return p },
+	srv := &Server{Name: "test", Roles: roles, Policy: func() *policy.Policy { return p },
 		Now: func() time.Time { return testNow }, Logger: slog.New(slog.NewTextHandler(&testLog{t: t}, nil))}
 	if tweak != nil {
 		tweak(srv)
@@ -146,7 +148,7 @@ func TestOutboundSignsAuthenticatedMail(t *testing.T) {
 }
 
 func TestOutboundLocalSubmissionAndSkips(t *testing.T) {
-	_, path := testServer(t, Outbound, func(c *Config) { c.Sign.ExemptRecipients = []string{"lists.example.org"} }, nil)
+	_, path := testServer(t, Outbound, func(c *policy.Config) { c.Sign.ExemptRecipients = []string{"lists.example.org"} }, nil)
 	c := dial(t, path, "", "pickup")
 	for _, tt := range []struct {
 		sender string
@@ -239,15 +241,15 @@ func TestInboundRemovesForgedStatusHeaders(t *testing.T) {
 func TestNegotiationSkipsUnneededStages(t *testing.T) {
 	for _, tt := range []struct {
 		roles   Roles
-		mod     func(*Config)
+		mod     func(*policy.Config)
 		noHdrs  bool
 		noRcpt  bool
 		chgfrom bool
 	}{
 		{roles: Outbound, noHdrs: true, noRcpt: true, chgfrom: true},
-		{roles: Outbound, mod: func(c *Config) { c.Sign.ExemptRecipients = []string{"x.example"} }, noHdrs: true, chgfrom: true},
+		{roles: Outbound, mod: func(c *policy.Config) { c.Sign.ExemptRecipients = []string{"x.example"} }, noHdrs: true, chgfrom: true},
 		{roles: Inbound},
-		{roles: Inbound, mod: func(c *Config) { c.Verify.RemoveForgedHeaders = false }, noHdrs: true},
+		{roles: Inbound, mod: func(c *policy.Config) { c.Verify.RemoveForgedHeaders = false }, noHdrs: true},
 		{roles: Outbound | Inbound, chgfrom: true},
 	} {
 		_, path := testServer(t, tt.roles, tt.mod, nil)
@@ -300,7 +302,7 @@ func TestShutdownFinishesMessageInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{Name: "test", Roles: Outbound, Policy: func() *Policy { return p }, Now: func() time.Time { return testNow }}
+	srv := &Server{Name: "test", Roles: Outbound, Policy: func() *policy.Policy { return p }, Now: func() time.Time { return testNow }}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 

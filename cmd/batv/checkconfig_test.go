@@ -31,7 +31,7 @@ func TestCheckConfigCLI(t *testing.T) {
 	bad := filepath.Join(dir, "bad.toml")
 	os.WriteFile(bad, []byte(fmt.Sprintf("keyring = %q\n[sign]\ndomains = [\"example.com\"]\nlifetime = 60\nbogus = true\n", kr)), 0o600)
 	code, out, errOut = runCLI(t, "check-config", "-c", bad)
-	if code != exitUsage || out != "" || !strings.Contains(errOut, "bad.toml:4: sign.lifetime 60") || !strings.Contains(errOut, `bad.toml:5: unknown key "sign.bogus"`) {
+	if code != exitUsage || out != "" || !strings.Contains(errOut, "bad.toml:4: sign.lifetime: 60") || !strings.Contains(errOut, `bad.toml:5: unknown key "sign.bogus"`) {
 		t.Fatalf("bad config: %d %q %q", code, out, errOut)
 	}
 	// The embedded default with the domains on the command line.

@@ -13,7 +13,7 @@ import (
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/daemon"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter"
+	"github.com/batv/batv/policy"
 )
 
 func explainCommand() *cli.Command {
@@ -115,10 +115,10 @@ func explain(w io.Writer, ch *daemon.Checked, addr string, now time.Time) {
 		}
 	}
 	fmt.Fprintf(w, "  outcome: %s\n", r.Status)
-	env := milter.Envelope{}
-	fmt.Fprintf(w, "  a bounce (MAIL FROM:<>) to it: %s\n", decisionWords(ch.Policy.Recipient(env, addr, now)))
-	env.Sender = "someone@example.org"
-	fmt.Fprintf(w, "  other mail to it: %s\n", decisionWords(ch.Policy.Recipient(env, addr, now)))
+	bounce := ch.Policy.Begin(policy.Client{}, "")
+	fmt.Fprintf(w, "  a bounce (MAIL FROM:<>) to it: %s\n", decisionWords(bounce.Recipient(addr, now)))
+	other := ch.Policy.Begin(policy.Client{}, "someone@example.org")
+	fmt.Fprintf(w, "  other mail to it: %s\n", decisionWords(other.Recipient(addr, now)))
 }
 
 func formWords(t batv.Tag) string {
@@ -166,30 +166,30 @@ func dayCount(n int) string {
 	return fmt.Sprintf("%d days", n)
 }
 
-func decisionWords(d milter.Recipient) string {
+func decisionWords(d policy.Decision) string {
 	switch d.Action {
-	case milter.ActPass:
-		if d.Outcome == "" && d.Reason == "domain not protected" {
+	case policy.ActPass:
+		if !d.Protected && d.Reason == "domain not protected" {
 			return "passed untouched: the domain is not one batv verifies"
 		}
 		return "passed untouched"
-	case milter.ActAccept:
+	case policy.ActAccept:
 		return "accepted, delivered to " + d.Rewrite
-	case milter.ActReject, milter.ActTempfail:
+	case policy.ActReject, policy.ActTempfail:
 		return "refused at RCPT: " + d.Reply
-	case milter.ActGrace:
+	case policy.ActGrace:
 		return "accepted: untagged, but within the grace period after BATV was enabled"
-	case milter.ActExempt:
+	case policy.ActExempt:
 		return "accepted: exempt recipient or client"
-	case milter.ActQuarantine:
+	case policy.ActQuarantine:
 		return "accepted into the quarantine (Postfix hold queue)"
-	case milter.ActTag:
+	case policy.ActTag:
 		return "accepted and marked with the status header"
-	case milter.ActOff:
+	case policy.ActOff:
 		return "accepted: checking untagged bounces is off"
-	case milter.ActDeliver:
+	case policy.ActDeliver:
 		return "delivered to " + d.Rewrite
-	case milter.ActDeliverMark:
+	case policy.ActDeliverMark:
 		if d.Rewrite == "" {
 			return "delivered as addressed, marked with the status header"
 		}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/milter"
+	"github.com/batv/batv/policy"
 )
 
 // ErrConfig is wrapped by every configuration problem.
@@ -35,7 +36,7 @@ type Config struct {
 	// does not exist when the daemon starts.
 	CreateKeyring bool `toml:"create_keyring"`
 	// KeyringPoll is how often the keyring file is checked for changes.
-	KeyringPoll milter.Duration `toml:"keyring_poll"`
+	KeyringPoll Duration `toml:"keyring_poll"`
 
 	Log       LogConfig      `toml:"log"`
 	Metrics   MetricsConfig  `toml:"metrics"`
@@ -43,7 +44,80 @@ type Config struct {
 	Listeners []Listener     `toml:"listener"`
 	Socketmap *SocketmapConf `toml:"socketmap"`
 
-	milter.Config
+	Sign   SignConfig   `toml:"sign"`
+	Verify VerifyConfig `toml:"verify"`
+}
+
+// SignConfig is the [sign] table: policy.SignConfig as the file spells it.
+type SignConfig struct {
+	Domains           []string `toml:"domains"`
+	Lifetime          int      `toml:"lifetime"`
+	SubAddress        string   `toml:"sub_address"`
+	InternalNetworks  []string `toml:"internal_networks"`
+	SubmissionDaemons []string `toml:"submission_daemons"`
+	Authenticated     bool     `toml:"authenticated"`
+	Local             bool     `toml:"local"`
+	ExemptSenders     []string `toml:"exempt_senders"`
+	ExemptRecipients  []string `toml:"exempt_recipients"`
+	OnError           string   `toml:"on_error"`
+}
+
+// VerifyConfig is the [verify] table: policy.VerifyConfig as the file
+// spells it.
+type VerifyConfig struct {
+	Domains             []string  `toml:"domains"`
+	MaxLifetime         int       `toml:"max_lifetime"`
+	Strict              bool      `toml:"strict"`
+	ClockSkew           Duration  `toml:"clock_skew"`
+	Delimiter           string    `toml:"delimiter"`
+	UntaggedBounce      string    `toml:"untagged_bounce"`
+	InvalidTagReply     string    `toml:"invalid_tag_reply"`
+	ExemptRecipients    []string  `toml:"exempt_recipients"`
+	ExemptClients       []string  `toml:"exempt_clients"`
+	GraceUntil          time.Time `toml:"grace_until"`
+	QueueLifetime       Duration  `toml:"queue_lifetime"`
+	StatusHeader        string    `toml:"status_header"`
+	RemoveForgedHeaders bool      `toml:"remove_forged_headers"`
+}
+
+// Policy is the policy configuration of the file.
+func (c *Config) Policy() policy.Config {
+	s, v := c.Sign, c.Verify
+	return policy.Config{
+		Sign: policy.SignConfig{
+			Domains: s.Domains, Lifetime: s.Lifetime, SubAddress: s.SubAddress,
+			InternalNetworks: s.InternalNetworks, SubmissionDaemons: s.SubmissionDaemons,
+			Authenticated: s.Authenticated, Local: s.Local, ExemptSenders: s.ExemptSenders,
+			ExemptRecipients: s.ExemptRecipients, OnError: s.OnError,
+		},
+		Verify: policy.VerifyConfig{
+			Domains: v.Domains, MaxLifetime: v.MaxLifetime, Strict: v.Strict,
+			ClockSkew: time.Duration(v.ClockSkew), Delimiter: v.Delimiter,
+			UntaggedBounce: v.UntaggedBounce, InvalidTagReply: v.InvalidTagReply,
+			ExemptRecipients: v.ExemptRecipients, ExemptClients: v.ExemptClients,
+			GraceUntil: v.GraceUntil, QueueLifetime: time.Duration(v.QueueLifetime),
+			StatusHeader: v.StatusHeader, RemoveForgedHeaders: v.RemoveForgedHeaders,
+		},
+	}
+}
+
+// Duration is a time.Duration written as a Go duration string ("90s",
+// "120h") in the configuration file.
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(time.Duration(d).String()), nil
 }
 
 // LogConfig sets the log format and level.
@@ -67,10 +141,10 @@ type LimitsConfig struct {
 	// MaxConnections bounds concurrent MTA connections per listener.
 	MaxConnections int `toml:"max_connections"`
 	// IdleTimeout closes an MTA connection idle this long.
-	IdleTimeout milter.Duration `toml:"idle_timeout"`
+	IdleTimeout Duration `toml:"idle_timeout"`
 	// ShutdownTimeout is how long messages in flight may take to finish
 	// when the daemon stops.
-	ShutdownTimeout milter.Duration `toml:"shutdown_timeout"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 }
 
 // Listener is one milter socket.
@@ -114,20 +188,30 @@ const (
 // keyring in its default place (created on first start), the policy
 // defaults, and the given domains signed and verified.
 func DefaultConfig(domains ...string) Config {
+	p := policy.DefaultConfig(domains...)
+	s, v := p.Sign, p.Verify
 	return Config{
 		Keyring:       keyring.DefaultPath,
 		CreateKeyring: true,
-		KeyringPoll:   milter.Duration(DefaultKeyringPoll),
+		KeyringPoll:   Duration(DefaultKeyringPoll),
 		Log:           LogConfig{Format: "text", Level: "info"},
 		Limits: LimitsConfig{
 			MaxConnections:  DefaultMaxConnections,
-			IdleTimeout:     milter.Duration(milter.DefaultIdleTimeout),
-			ShutdownTimeout: milter.Duration(DefaultShutdownTimeout),
+			IdleTimeout:     Duration(milter.DefaultIdleTimeout),
+			ShutdownTimeout: Duration(DefaultShutdownTimeout),
 		},
 		Listeners: []Listener{{Name: "milter", Address: DefaultMilterAddress, Roles: []string{"outbound", "inbound"},
 			Socket: Socket{Mode: "0660"}}},
 		Socketmap: &SocketmapConf{Address: DefaultSocketmapAddress, Socket: Socket{Mode: "0660"}},
-		Config:    milter.DefaultConfig(domains...),
+		Sign: SignConfig{
+			Domains: s.Domains, Lifetime: s.Lifetime, InternalNetworks: s.InternalNetworks,
+			Authenticated: s.Authenticated, Local: s.Local, OnError: s.OnError,
+		},
+		Verify: VerifyConfig{
+			UntaggedBounce: v.UntaggedBounce, InvalidTagReply: v.InvalidTagReply,
+			StatusHeader: v.StatusHeader, RemoveForgedHeaders: v.RemoveForgedHeaders,
+			QueueLifetime: Duration(v.QueueLifetime), Delimiter: v.Delimiter,
+		},
 	}
 }
 
@@ -174,7 +258,7 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		cfg.Listeners = DefaultConfig().Listeners
 	}
 	problems := cfg.Check()
-	if _, err := milter.NewPolicy(cfg.Config, nil, time.Time{}); err != nil {
+	if err := cfg.Policy().Check(); err != nil {
 		problems = append(problems, unjoin(err)...)
 	}
 	for _, e := range problems {
@@ -218,7 +302,7 @@ func (c *Config) Check() []error {
 	if c.Keyring == "" {
 		add("keyring", "must name the keyring file")
 	}
-	if c.KeyringPoll < milter.Duration(100*time.Millisecond) {
+	if c.KeyringPoll < Duration(100*time.Millisecond) {
 		add("keyring_poll", "%v is too short (at least 100ms)", time.Duration(c.KeyringPoll))
 	}
 	switch c.Log.Format {
@@ -239,7 +323,7 @@ func (c *Config) Check() []error {
 	if c.Limits.MaxConnections < 1 {
 		add("limits.max_connections", "%d: at least 1", c.Limits.MaxConnections)
 	}
-	if c.Limits.IdleTimeout < milter.Duration(time.Minute) {
+	if c.Limits.IdleTimeout < Duration(time.Minute) {
 		add("limits.idle_timeout", "%v is shorter than a minute, below Postfix's own timeouts", time.Duration(c.Limits.IdleTimeout))
 	}
 	if c.Limits.ShutdownTimeout <= 0 {
@@ -496,11 +580,13 @@ func stripIndexes(s string) string { return indexRe.ReplaceAllString(s, "") }
 // describe prefixes a problem with its line, when the key is in the file.
 func (l *locator) describe(err error) string {
 	var p problem
-	key, text := "", errorText(err)
-	if errors.As(err, &p) {
+	var fe *policy.FieldError
+	key, text := "", err.Error()
+	switch {
+	case errors.As(err, &p):
 		key = p.key
-	} else if i := strings.IndexAny(text, " :"); i > 0 {
-		key = text[:i]
+	case errors.As(err, &fe):
+		key = fe.Field
 	}
 	for k := key; k != ""; {
 		if n, ok := l.lines[k]; ok {
@@ -523,7 +609,11 @@ func unjoin(err error) []error {
 	return []error{err}
 }
 
-// errorText drops the sentinel prefix of a policy error.
-func errorText(err error) string {
-	return strings.TrimPrefix(err.Error(), milter.ErrConfig.Error()+": ")
+// problemTexts is the text of each problem in err.
+func problemTexts(err error) []string {
+	var out []string
+	for _, e := range unjoin(err) {
+		out = append(out, e.Error())
+	}
+	return out
 }

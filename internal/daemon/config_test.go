@@ -88,15 +88,15 @@ func TestConfigMistakes(t *testing.T) {
 		{"world socket", `socket_mode = "0660"`, `socket_mode = "0666"`, `batv.toml:16: listener[0].socket_mode: "0666" lets every local user`},
 		{"group on a TCP listener", `roles = ["outbound"]`, `roles = ["outbound"]
 socket_group = "postfix"`, `batv.toml:21: listener[1].socket_group: applies to unix sockets only`},
-		{"lifetime", `lifetime = 5`, `lifetime = 31`, `batv.toml:25: sign.lifetime 31`},
+		{"lifetime", `lifetime = 5`, `lifetime = 31`, `batv.toml:25: sign.lifetime: 31`},
 		{"domain", `"example.net"]`, `"exa mple.net"]`, `sign.domains: "exa mple.net" is not a domain`},
 		{"network", `"10.0.0.0/8"`, `"10.0.0.0/40"`, `sign.internal_networks: "10.0.0.0/40"`},
-		{"max lifetime", `max_lifetime = 7`, `max_lifetime = 3`, `verify.max_lifetime 3 is shorter than sign.lifetime 5`},
-		{"clock skew", `clock_skew = "30m"`, `clock_skew = "48h"`, `verify.clock_skew 48h0m0s`},
-		{"untagged action", `untagged_bounce = "tempfail"`, `untagged_bounce = "bounce"`, `verify.untagged_bounce "bounce"`},
-		{"reply action", `invalid_tag_reply = "deliver"`, `invalid_tag_reply = "drop"`, `verify.invalid_tag_reply "drop"`},
+		{"max lifetime", `max_lifetime = 7`, `max_lifetime = 3`, `verify.max_lifetime: 3 is shorter than sign.lifetime 5`},
+		{"clock skew", `clock_skew = "30m"`, `clock_skew = "48h"`, `verify.clock_skew: 48h0m0s`},
+		{"untagged action", `untagged_bounce = "tempfail"`, `untagged_bounce = "bounce"`, `verify.untagged_bounce: "bounce"`},
+		{"reply action", `invalid_tag_reply = "deliver"`, `invalid_tag_reply = "drop"`, `verify.invalid_tag_reply: "drop"`},
 		{"client", `"198.51.100.0/24"`, `"partner.example"`, `verify.exempt_clients: "partner.example"`},
-		{"header", `status_header = "X-Our-BATV"`, `status_header = "X Our"`, `verify.status_header "X Our"`},
+		{"header", `status_header = "X-Our-BATV"`, `status_header = "X Our"`, `verify.status_header: "X Our"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

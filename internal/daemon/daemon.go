@@ -26,9 +26,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/batv/batv/internal/metrics"
 	"github.com/batv/batv/internal/socketmap"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/milter"
+	"github.com/batv/batv/policy"
 )
 
 // Options are what the command line gives the daemon beside the file.
@@ -78,7 +80,7 @@ type Daemon struct {
 // state is everything a decision is made with; replaced as a whole.
 type state struct {
 	cfg    *Config
-	policy *milter.Policy
+	policy *policy.Policy
 }
 
 // Run loads the configuration and keyring, serves until Stop, and returns
@@ -109,7 +111,7 @@ func Run(opts Options) error {
 	d.registry = prometheus.NewRegistry()
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = newDaemonMetrics(d.registry, d, opts.Version)
-	mm := milter.NewMetrics(d.registry)
+	mm := metrics.New(d.registry)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -352,8 +354,8 @@ func reloadingState() string {
 }
 
 // listen opens every listener and starts serving.
-func (d *Daemon) listen(cfg *Config, mm *milter.Metrics) error {
-	policy := func() *milter.Policy { return d.state.Load().policy }
+func (d *Daemon) listen(cfg *Config, mm *metrics.Metrics) error {
+	current := func() *policy.Policy { return d.state.Load().policy }
 	for _, l := range cfg.Listeners {
 		roles, _ := parseRoles(l.Roles)
 		ln, err := openListener(l.Address, l.Socket)
@@ -361,7 +363,7 @@ func (d *Daemon) listen(cfg *Config, mm *milter.Metrics) error {
 			return fmt.Errorf("listener %s: %w", l.Name, err)
 		}
 		srv := &milter.Server{
-			Name: l.Name, Roles: roles, Policy: policy, Logger: d.log, Metrics: mm,
+			Name: l.Name, Roles: roles, Policy: current, Logger: d.log, Metrics: mm,
 			MaxConns: cfg.Limits.MaxConnections, IdleTimeout: time.Duration(cfg.Limits.IdleTimeout), Now: d.opts.Now,
 		}
 		d.milters = append(d.milters, srv)
@@ -400,20 +402,18 @@ func (d *Daemon) listen(cfg *Config, mm *milter.Metrics) error {
 }
 
 // lookup answers Postfix's socketmap queries with the current policy.
-func (d *Daemon) lookup(mm *milter.Metrics) func(context.Context, string, string) socketmap.Reply {
+func (d *Daemon) lookup(mm *metrics.Metrics) func(context.Context, string, string) socketmap.Reply {
 	return func(_ context.Context, name, key string) socketmap.Reply {
-		v, ok, err := d.state.Load().policy.Lookup(name, key, d.now())
-		switch {
-		case err != nil:
+		table, known := policy.ParseTable(name)
+		if !known {
 			// The map name comes from the client: count an unknown one
 			// under one label, so bogus names cannot grow the metrics.
-			label := name
-			if name != milter.MapUntag && name != milter.MapStrip {
-				label = "unknown"
-			}
-			mm.Lookup(label, "error")
-			d.log.Warn("socketmap lookup refused", "map", name, "err", err)
-			return socketmap.Perm(err.Error())
+			mm.Lookup("unknown", "error")
+			d.log.Warn("socketmap lookup refused: unknown table", "map", name)
+			return socketmap.Perm(fmt.Sprintf("unknown lookup table %q (want untag or strip)", name))
+		}
+		v, ok := d.state.Load().policy.Lookup(table, key, d.now())
+		switch {
 		case ok:
 			mm.Lookup(name, "found")
 			d.log.Debug("socketmap lookup", "map", name, "key", key, "value", v)
@@ -594,7 +594,7 @@ func (e keyringError) Unwrap() []error { return []error{ErrKeyring, e.err} }
 type Checked struct {
 	Config  *Config
 	Keyring *keyring.Keyring
-	Policy  *milter.Policy
+	Policy  *policy.Policy
 	// KeyringMissing is set when the keyring file does not exist and the
 	// configuration has the daemon create it at start (create_keyring):
 	// Keyring is then a throwaway one, made only to build the policy.
@@ -632,10 +632,10 @@ func Check(opts Options) (*Checked, error) {
 
 // newPolicy builds the policy of cfg with keyring kr, after checking that
 // the keyring keeps keys long enough for the lifetimes cfg uses.
-func newPolicy(cfg *Config, kr *keyring.Keyring) (*milter.Policy, error) {
-	if need := maxLifetime(cfg); need > kr.MaxLifetimeDays() {
-		return nil, fmt.Errorf("%w: the configuration signs or verifies tags of %d days but the keyring %s retires keys for tags of %d days: raise the keyring's max_lifetime_days or lower sign.lifetime and verify.max_lifetime",
-			ErrConfig, need, cfg.Keyring, kr.MaxLifetimeDays())
+func newPolicy(cfg *Config, kr *keyring.Keyring) (*policy.Policy, error) {
+	p, err := policy.New(cfg.Policy(), kr)
+	if err != nil {
+		return nil, &ConfigError{Problems: problemTexts(err)}
 	}
-	return milter.NewPolicy(cfg.Config, kr, kr.Created())
+	return p, nil
 }

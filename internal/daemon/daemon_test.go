@@ -557,7 +557,7 @@ func TestRunRefusesBadStart(t *testing.T) {
 	// A configuration error is ErrConfig, with every problem.
 	os.WriteFile(cfg, []byte("[sign]\nlifetime = 0\ndomains = [\"a b\"]\nbogus = 1\n"), 0o600)
 	err = Run(Options{ConfigPath: cfg, Stderr: io.Discard})
-	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "bogus") || !strings.Contains(err.Error(), "sign.lifetime 0") {
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "bogus") || !strings.Contains(err.Error(), "sign.lifetime: 0") {
 		t.Fatalf("bad configuration: %v", err)
 	}
 }

@@ -7,11 +7,8 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/BurntSushi/toml"
-
-	"github.com/batv/batv/milter"
 )
 
 // FuzzParseConfig checks the configuration parser on any input: it never
@@ -50,7 +47,7 @@ func FuzzParseConfig(f *testing.F) {
 		if problems := cfg.Check(); len(problems) != 0 {
 			t.Fatalf("accepted, but Check says %v", problems)
 		}
-		if _, err := milter.NewPolicy(cfg.Config, nil, time.Time{}); err != nil {
+		if err := cfg.Policy().Check(); err != nil {
 			t.Fatalf("accepted, but the policy does not build: %v", err)
 		}
 		if len(cfg.Listeners) == 0 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/milter"
+	"github.com/batv/batv/policy"
 )
 
 // Serve serves the milter with both roles and the default policy for
@@ -21,9 +22,9 @@ import (
 // socket's path.
 func Serve(t testing.TB, domain string, keys batv.Keyring) string {
 	t.Helper()
-	cfg := milter.DefaultConfig(domain)
+	cfg := policy.DefaultConfig(domain)
 	cfg.Verify.GraceUntil = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-	p, err := milter.NewPolicy(cfg, keys, time.Time{})
+	p, err := policy.New(cfg, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +38,7 @@ func Serve(t testing.TB, domain string, keys batv.Keyring) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &milter.Server{Name: "test", Roles: milter.Outbound | milter.Inbound, Policy: func() *milter.Policy { return p }}
+	srv := &milter.Server{Name: "test", Roles: milter.Outbound | milter.Inbound, Policy: func() *policy.Policy { return p }}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {

@@ -1,4 +1,4 @@
-package milter
+package policy
 
 import (
 	"net/netip"
@@ -8,12 +8,12 @@ import (
 // domainSet is a set of lowercased domains.
 type domainSet map[string]bool
 
-func newDomainSet(field string, domains []string, bad func(string, ...any)) domainSet {
+func newDomainSet(field string, domains []string, bad func(field, format string, args ...any)) domainSet {
 	s := domainSet{}
 	for _, d := range domains {
 		d = strings.ToLower(strings.TrimSpace(d))
 		if d == "" || strings.ContainsAny(d, "@ \t") {
-			bad("%s: %q is not a domain", field, d)
+			bad(field, "%q is not a domain", d)
 			continue
 		}
 		s[d] = true
@@ -32,14 +32,14 @@ type addrSet struct {
 	addrs, domains, locals map[string]bool
 }
 
-func newAddrSet(field string, entries []string, bad func(string, ...any)) addrSet {
+func newAddrSet(field string, entries []string, bad func(field, format string, args ...any)) addrSet {
 	s := addrSet{addrs: map[string]bool{}, domains: map[string]bool{}, locals: map[string]bool{}}
 	for _, e := range entries {
 		e = strings.ToLower(strings.TrimSpace(e))
 		at := strings.LastIndexByte(e, '@')
 		switch {
 		case e == "" || strings.ContainsAny(e, " \t<>"):
-			bad("%s: %q is not an address, domain or local part", field, e)
+			bad(field, "%q is not an address, domain or local part", e)
 		case at == 0:
 			s.domains[e[1:]] = true
 		case at > 0:
@@ -53,6 +53,8 @@ func newAddrSet(field string, entries []string, bad func(string, ...any)) addrSe
 	return s
 }
 
+func (s addrSet) empty() bool { return len(s.addrs)+len(s.domains)+len(s.locals) == 0 }
+
 // match reports whether addr, or its domain, is in the set.
 func (s addrSet) match(addr string) bool {
 	local, _ := splitAddr(addr)
@@ -62,7 +64,7 @@ func (s addrSet) match(addr string) bool {
 // matchRecipient reports whether addr, its domain or its local part is in
 // the set.
 func (s addrSet) matchRecipient(addr, local string) bool {
-	if len(s.addrs)+len(s.domains)+len(s.locals) == 0 {
+	if s.empty() {
 		return false
 	}
 	_, domain := splitAddr(addr)
@@ -70,7 +72,7 @@ func (s addrSet) matchRecipient(addr, local string) bool {
 }
 
 // parsePrefixes parses networks in CIDR notation or single addresses.
-func parsePrefixes(field string, list []string, bad func(string, ...any)) []netip.Prefix {
+func parsePrefixes(field string, list []string, bad func(field, format string, args ...any)) []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range list {
 		s = strings.TrimSpace(s)
@@ -79,7 +81,7 @@ func parsePrefixes(field string, list []string, bad func(string, ...any)) []neti
 		} else if a, err := netip.ParseAddr(s); err == nil {
 			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
 		} else {
-			bad("%s: %q is not an address or network", field, s)
+			bad(field, "%q is not an address or network", s)
 		}
 	}
 	return out

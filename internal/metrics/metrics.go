@@ -1,7 +1,11 @@
-package milter
+// Package metrics holds the Prometheus collectors of batv's front ends
+// (milter, lookup tables, policy service) and of their listeners.
+package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/batv/batv/policy"
 )
 
 // Metrics are the daemon's Prometheus collectors. Every method is safe on
@@ -17,8 +21,8 @@ type Metrics struct {
 	lookups     *prometheus.CounterVec
 }
 
-// NewMetrics creates the collectors and registers them with reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// New creates the collectors and registers them with reg.
+func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		outbound: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "batv_outbound_messages_total",
@@ -58,44 +62,56 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) signed(result string) {
+// Signed counts an outbound message: signed, or why not.
+func (m *Metrics) Signed(skip policy.Skip) {
 	if m != nil {
+		result := "signed"
+		if skip != policy.NotSkipped {
+			result = skip.String()
+		}
 		m.outbound.WithLabelValues(result).Inc()
 	}
 }
 
-func (m *Metrics) recipient(outcome, action string) {
+// Recipient counts an inbound decision for a recipient in a protected
+// domain.
+func (m *Metrics) Recipient(d policy.Decision) {
 	if m != nil {
-		m.inbound.WithLabelValues(outcome, action).Inc()
+		m.inbound.WithLabelValues(d.Status.String(), d.Action.String()).Inc()
 	}
 }
 
-func (m *Metrics) multipleRecipients() {
+// MultipleRecipients counts a bounce with several protected recipients.
+func (m *Metrics) MultipleRecipients() {
 	if m != nil {
 		m.multiRcpt.Inc()
 	}
 }
 
-func (m *Metrics) decision(direction string, seconds float64) {
+// Decision observes the time one decision took.
+func (m *Metrics) Decision(direction string, seconds float64) {
 	if m != nil {
 		m.latency.WithLabelValues(direction).Observe(seconds)
 	}
 }
 
-func (m *Metrics) connOpened(listener string) {
+// ConnOpened counts a connection accepted on listener.
+func (m *Metrics) ConnOpened(listener string) {
 	if m != nil {
 		m.conns.WithLabelValues(listener).Inc()
 		m.connsTotal.WithLabelValues(listener, "accepted").Inc()
 	}
 }
 
-func (m *Metrics) connRefused(listener string) {
+// ConnRefused counts a connection refused over listener's limit.
+func (m *Metrics) ConnRefused(listener string) {
 	if m != nil {
 		m.connsTotal.WithLabelValues(listener, "refused").Inc()
 	}
 }
 
-func (m *Metrics) connClosed(listener, how string) {
+// ConnClosed counts the end of a connection on listener, and how it ended.
+func (m *Metrics) ConnClosed(listener, how string) {
 	if m != nil {
 		m.conns.WithLabelValues(listener).Dec()
 		m.sessionEnds.WithLabelValues(listener, how).Inc()

@@ -1,4 +1,4 @@
-package milter
+package policy
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/internal/testenv/tagtest"
 
 	"github.com/batv/batv/batv"
 )
@@ -18,13 +20,21 @@ var (
 	testCreated = testNow.Add(-365 * 24 * time.Hour)
 )
 
+// createdKeys is a keyring that says when it was created.
+type createdKeys struct {
+	batv.SingleKey
+	created time.Time
+}
+
+func (k createdKeys) Created() time.Time { return k.created }
+
 func testPolicy(t testing.TB, mod func(*Config)) *Policy {
 	t.Helper()
 	cfg := DefaultConfig("example.com", "example.net")
 	if mod != nil {
 		mod(&cfg)
 	}
-	p, err := NewPolicy(cfg, testKeys, testCreated)
+	p, err := New(cfg, createdKeys{testKeys, testCreated})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,29 +44,31 @@ func testPolicy(t testing.TB, mod func(*Config)) *Policy {
 // tag signs addr with the test key, daysAgo days before testNow.
 func tag(t testing.TB, addr string, daysAgo int) string {
 	t.Helper()
-	s := batv.Signer{Keys: testKeys, Now: func() time.Time { return testNow.Add(-time.Duration(daysAgo) * 24 * time.Hour) }}
-	r, err := s.Sign(addr)
-	if err != nil || r.Skip != batv.NotSkipped {
-		t.Fatalf("sign %q: %v %v", addr, r.Skip, err)
-	}
-	return r.Address
+	return tagtest.Sign(t, testKeys, addr, testNow.AddDate(0, 0, -daysAgo))
 }
 
-// forge changes the last hex digit of a tag.
-func forge(tagged string) string {
-	b := []byte(tagged)
-	if b[14] == '0' {
-		b[14] = '1'
-	} else {
-		b[14] = '0'
-	}
-	return string(b)
-}
+// forge makes a tag that does not verify.
+func forge(tagged string) string { return tagtest.Forge(tagged) }
 
 var (
-	mxClient      = Conn{Addr: netip.MustParseAddr("192.0.2.25"), DaemonName: "smtpd"}
-	partnerClient = Conn{Addr: netip.MustParseAddr("198.51.100.7"), DaemonName: "smtpd"}
+	mxClient      = Client{Addr: netip.MustParseAddr("192.0.2.25"), DaemonName: "smtpd"}
+	partnerClient = Client{Addr: netip.MustParseAddr("198.51.100.7"), DaemonName: "smtpd"}
 )
+
+// envelope is what a test transaction begins with.
+type envelope struct {
+	client Client
+	sender string
+}
+
+// outcome is the verification outcome of a decision in a protected
+// domain, or "".
+func outcome(d Decision) string {
+	if !d.Protected {
+		return ""
+	}
+	return d.Status.String()
+}
 
 func TestRecipientDecisions(t *testing.T) {
 	valid := tag(t, "user@example.com", 1)
@@ -65,7 +77,7 @@ func TestRecipientDecisions(t *testing.T) {
 	tests := []struct {
 		name    string
 		mod     func(*Config)
-		env     Envelope
+		env     envelope
 		rcpt    string
 		action  Action
 		outcome string
@@ -101,9 +113,9 @@ func TestRecipientDecisions(t *testing.T) {
 		{name: "forged tag to postmaster delivered marked", rcpt: forge(tag(t, "postmaster@example.com", 1)),
 			action: ActDeliverMark, outcome: "bad-signature", rewrite: "postmaster@example.com", mark: "bad-signature"},
 		{name: "bounce from exempt client", mod: func(c *Config) { c.Verify.ExemptClients = []string{"198.51.100.0/24"} },
-			env: Envelope{Conn: partnerClient}, rcpt: "user@example.com", action: ActExempt, outcome: "missing"},
+			env: envelope{client: partnerClient}, rcpt: "user@example.com", action: ActExempt, outcome: "missing"},
 		{name: "bounce from exempt host address", mod: func(c *Config) { c.Verify.ExemptClients = []string{"198.51.100.7"} },
-			env: Envelope{Conn: partnerClient}, rcpt: "user@example.com", action: ActExempt, outcome: "missing"},
+			env: envelope{client: partnerClient}, rcpt: "user@example.com", action: ActExempt, outcome: "missing"},
 		{name: "bounce from other client not exempt", mod: func(c *Config) { c.Verify.ExemptClients = []string{"198.51.100.0/24"} },
 			rcpt: "user@example.com", action: ActReject, outcome: "missing", reply: "550"},
 		{name: "unprotected domain", rcpt: "user@example.org", action: ActPass},
@@ -111,21 +123,21 @@ func TestRecipientDecisions(t *testing.T) {
 		{name: "protected domain case-insensitive", rcpt: "user@EXAMPLE.COM", action: ActReject, outcome: "missing", reply: "550"},
 		{name: "verify domains differ from sign domains", mod: func(c *Config) { c.Verify.Domains = []string{"example.org"} },
 			rcpt: "user@example.com", action: ActPass},
-		{name: "reply to valid tag", env: Envelope{Sender: "someone@example.org"}, rcpt: valid,
+		{name: "reply to valid tag", env: envelope{sender: "someone@example.org"}, rcpt: valid,
 			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
-		{name: "reply to expired tag is stripped", env: Envelope{Sender: "someone@example.org"}, rcpt: expired,
+		{name: "reply to expired tag is stripped", env: envelope{sender: "someone@example.org"}, rcpt: expired,
 			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
-		{name: "reply to forged tag: deliver and mark", env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid),
+		{name: "reply to forged tag: deliver and mark", env: envelope{sender: "someone@example.org"}, rcpt: forge(valid),
 			action: ActDeliverMark, outcome: "bad-signature", rewrite: "user@example.com", mark: "bad-signature; rcpt=<"},
 		{name: "reply to forged tag: deliver", mod: func(c *Config) { c.Verify.InvalidTagReply = "deliver" },
-			env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid), action: ActDeliver, outcome: "bad-signature", rewrite: "user@example.com"},
+			env: envelope{sender: "someone@example.org"}, rcpt: forge(valid), action: ActDeliver, outcome: "bad-signature", rewrite: "user@example.com"},
 		{name: "reply to forged tag: reject", mod: func(c *Config) { c.Verify.InvalidTagReply = "reject" },
-			env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid), action: ActReject, outcome: "bad-signature", reply: "550 5.7.1 The recipient address tag is not valid"},
+			env: envelope{sender: "someone@example.org"}, rcpt: forge(valid), action: ActReject, outcome: "bad-signature", reply: "550 5.7.1 The recipient address tag is not valid"},
 		{name: "reply to forged tag: pass", mod: func(c *Config) { c.Verify.InvalidTagReply = "pass" },
-			env: Envelope{Sender: "someone@example.org"}, rcpt: forge(valid), action: ActPass, outcome: "bad-signature"},
-		{name: "reply to malformed tag: mark only", env: Envelope{Sender: "someone@example.org"}, rcpt: "prvs=4xyz=user@example.com",
+			env: envelope{sender: "someone@example.org"}, rcpt: forge(valid), action: ActPass, outcome: "bad-signature"},
+		{name: "reply to malformed tag: mark only", env: envelope{sender: "someone@example.org"}, rcpt: "prvs=4xyz=user@example.com",
 			action: ActDeliverMark, outcome: "malformed", mark: "malformed"},
-		{name: "ordinary mail", env: Envelope{Sender: "someone@example.org"}, rcpt: "user@example.com", action: ActPass},
+		{name: "ordinary mail", env: envelope{sender: "someone@example.org"}, rcpt: "user@example.com", action: ActPass},
 		{name: "case changed in transit accepted", rcpt: strings.ToUpper(valid[:16]) + "user@EXAMPLE.com",
 			action: ActAccept, outcome: "valid", rewrite: "user@EXAMPLE.com"},
 		{name: "case changed in transit, strict", mod: func(c *Config) { c.Verify.Strict = true },
@@ -138,13 +150,14 @@ func TestRecipientDecisions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := testPolicy(t, tt.mod)
 			env := tt.env
-			if !env.Conn.Addr.IsValid() {
-				env.Conn = mxClient
+			if !env.client.Addr.IsValid() {
+				env.client = mxClient
 			}
-			d := p.Recipient(env, tt.rcpt, testNow)
-			if d.Action != tt.action || d.Outcome != tt.outcome || d.Rewrite != tt.rewrite {
+			trx := p.Begin(env.client, env.sender)
+			d := trx.Recipient(tt.rcpt, testNow)
+			if d.Action != tt.action || outcome(d) != tt.outcome || d.Rewrite != tt.rewrite {
 				t.Fatalf("Recipient(%q) = %v/%q rewrite %q, want %v/%q rewrite %q (%s)",
-					tt.rcpt, d.Action, d.Outcome, d.Rewrite, tt.action, tt.outcome, tt.rewrite, d.Reason)
+					tt.rcpt, d.Action, outcome(d), d.Rewrite, tt.action, tt.outcome, tt.rewrite, d.Reason)
 			}
 			if !strings.HasPrefix(d.Reply, tt.reply) || (tt.reply == "") != (d.Reply == "") {
 				t.Fatalf("reply %q, want prefix %q", d.Reply, tt.reply)
@@ -161,7 +174,7 @@ func TestRecipientDecisions(t *testing.T) {
 
 func TestGraceDefault(t *testing.T) {
 	created := testNow.Add(-24 * time.Hour)
-	p, err := NewPolicy(DefaultConfig("example.com"), testKeys, created)
+	p, err := New(DefaultConfig("example.com"), createdKeys{testKeys, created})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,10 +182,11 @@ func TestGraceDefault(t *testing.T) {
 	if !p.GraceUntil().Equal(want) {
 		t.Fatalf("grace until %v, want %v", p.GraceUntil(), want)
 	}
-	if d := p.Recipient(Envelope{Conn: mxClient}, "user@example.com", want.Add(-time.Second)); d.Action != ActGrace {
+	trx := p.Begin(mxClient, "")
+	if d := trx.Recipient("user@example.com", want.Add(-time.Second)); d.Action != ActGrace {
 		t.Fatalf("before the end: %v", d.Action)
 	}
-	if d := p.Recipient(Envelope{Conn: mxClient}, "user@example.com", want); d.Action != ActReject {
+	if d := trx.Recipient("user@example.com", want); d.Action != ActReject {
 		t.Fatalf("at the end: %v", d.Action)
 	}
 }
@@ -184,31 +198,35 @@ func TestOutbound(t *testing.T) {
 	})
 	tests := []struct {
 		name string
-		conn Conn
+		conn Client
 		auth string
-		want string
+		want Origin
 	}{
-		{"authenticated outsider", mxClient, "alice", OutAuthenticated},
-		{"outsider", mxClient, "", ""},
-		{"internal v4", Conn{Addr: netip.MustParseAddr("10.1.2.3")}, "", OutInternal},
-		{"internal v4-mapped", Conn{Addr: netip.MustParseAddr("::ffff:10.1.2.3").Unmap()}, "", OutInternal},
-		{"internal v6", Conn{Addr: netip.MustParseAddr("2001:db8::1")}, "", OutInternal},
-		{"local (unix family)", Conn{Local: true}, "", OutLocal},
-		{"no client address", Conn{}, "", OutLocal},
-		{"submission daemon", Conn{Addr: netip.MustParseAddr("192.0.2.9"), DaemonName: "submission"}, "", OutSubmission},
-		{"other daemon", Conn{Addr: netip.MustParseAddr("192.0.2.9"), DaemonName: "smtpd"}, "", ""},
+		{"authenticated outsider", mxClient, "alice", Authenticated},
+		{"outsider", mxClient, "", NotOurs},
+		{"internal v4", Client{Addr: netip.MustParseAddr("10.1.2.3")}, "", InternalNetwork},
+		{"internal v4-mapped", Client{Addr: netip.MustParseAddr("::ffff:10.1.2.3").Unmap()}, "", InternalNetwork},
+		{"internal v6", Client{Addr: netip.MustParseAddr("2001:db8::1")}, "", InternalNetwork},
+		{"local (unix family)", Client{Local: true}, "", Local},
+		{"no client address", Client{}, "", Local},
+		{"submission daemon", Client{Addr: netip.MustParseAddr("192.0.2.9"), DaemonName: "submission"}, "", SubmissionDaemon},
+		{"other daemon", Client{Addr: netip.MustParseAddr("192.0.2.9"), DaemonName: "smtpd"}, "", NotOurs},
 	}
 	for _, tt := range tests {
-		if got := p.Outbound(tt.conn, tt.auth); got != tt.want {
-			t.Errorf("%s: Outbound = %q, want %q", tt.name, got, tt.want)
+		c := tt.conn
+		c.AuthUser = tt.auth
+		if got := p.Origin(c); got != tt.want {
+			t.Errorf("%s: Origin = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 	off := testPolicy(t, func(c *Config) { c.Sign.Authenticated, c.Sign.Local = false, false })
-	if got := off.Outbound(mxClient, "alice"); got != "" {
-		t.Errorf("authenticated signing off: %q", got)
+	authed := mxClient
+	authed.AuthUser = "alice"
+	if got := off.Origin(authed); got != NotOurs {
+		t.Errorf("authenticated signing off: %v", got)
 	}
-	if got := off.Outbound(Conn{Local: true}, ""); got != "" {
-		t.Errorf("local signing off: %q", got)
+	if got := off.Origin(Client{Local: true}); got != NotOurs {
+		t.Errorf("local signing off: %v", got)
 	}
 }
 
@@ -218,16 +236,16 @@ func TestSignDecisions(t *testing.T) {
 		mod    func(*Config)
 		sender string
 		rcpts  []string
-		skip   string
+		skip   Skip
 	}{
 		{name: "ours", sender: "user@example.com", rcpts: []string{"a@example.org"}},
 		{name: "second domain, any case", sender: "User@Example.NET", rcpts: []string{"a@example.org"}},
-		{name: "null sender", sender: "", skip: "null-sender"},
+		{name: "null sender", sender: "", skip: SkipNullSender},
 		{name: "foreign domain", sender: "user@example.org", skip: SkipForeignDomain},
 		{name: "subdomain is foreign", sender: "user@mail.example.com", skip: SkipForeignDomain},
-		{name: "already tagged", sender: "prvs=4000000000=user@example.com", skip: "tagged"},
-		{name: "srs", sender: "SRS0=abcd=ef=example.org=u@example.com", skip: "srs"},
-		{name: "too long", sender: strings.Repeat("x", 49) + "@example.com", skip: "too-long"},
+		{name: "already tagged", sender: "prvs=4000000000=user@example.com", skip: SkipTagged},
+		{name: "srs", sender: "SRS0=abcd=ef=example.org=u@example.com", skip: SkipSRS},
+		{name: "too long", sender: strings.Repeat("x", 49) + "@example.com", skip: SkipTooLong},
 		{name: "exempt sender address", mod: func(c *Config) { c.Sign.ExemptSenders = []string{"list-owner@example.com"} },
 			sender: "List-Owner@example.com", skip: SkipExemptSender},
 		{name: "exempt sender domain", mod: func(c *Config) { c.Sign.ExemptSenders = []string{"@example.net"} },
@@ -243,16 +261,16 @@ func TestSignDecisions(t *testing.T) {
 			p := testPolicy(t, tt.mod)
 			if tt.skip == SkipError {
 				var err error
-				p, err = NewPolicy(DefaultConfig("example.com"), noKeys{}, testCreated)
+				p, err = New(DefaultConfig("example.com"), noKeys{})
 				if err != nil {
 					t.Fatal(err)
 				}
 			}
 			r := p.Sign(tt.sender, tt.rcpts, testNow)
 			if r.Skip != tt.skip {
-				t.Fatalf("skip %q, want %q (%v)", r.Skip, tt.skip, r.Err)
+				t.Fatalf("skip %v, want %v (%v)", r.Skip, tt.skip, r.Err)
 			}
-			if tt.skip != "" {
+			if tt.skip != NotSkipped {
 				if r.Address != "" {
 					t.Fatalf("skipped but address %q", r.Address)
 				}
@@ -287,11 +305,14 @@ func TestNewPolicyReportsEveryError(t *testing.T) {
 	cfg.Verify.ExemptClients = []string{"not-an-ip"}
 	cfg.Verify.StatusHeader = "X Bad"
 	cfg.Verify.Delimiter = "="
-	_, err := NewPolicy(cfg, testKeys, testCreated)
+	_, err := New(cfg, testKeys)
 	if !errors.Is(err, ErrConfig) {
 		t.Fatalf("err = %v", err)
 	}
-	for _, want := range []string{"sign.lifetime 40", "sign.sub_address", `"bad domain"`, "sign.internal_networks",
+	if err2 := cfg.Check(); err2 == nil || err2.Error() != err.Error() {
+		t.Fatalf("Check = %v, want what New reports", err2)
+	}
+	for _, want := range []string{"sign.lifetime: 40", "sign.sub_address", `"bad domain"`, "sign.internal_networks",
 		"sign.on_error", "verify.untagged_bounce", "verify.invalid_tag_reply", "verify.exempt_clients",
 		"verify.status_header", "verify.delimiter"} {
 		if !strings.Contains(err.Error(), want) {

@@ -1,0 +1,220 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/batv/batv/batv"
+)
+
+// ErrConfig is matched by every configuration problem New and
+// Config.Check report.
+var ErrConfig = errors.New("policy: invalid configuration")
+
+// FieldError is one configuration problem: the option (as written in the
+// configuration file, "sign.lifetime") and what is wrong with it. It
+// matches ErrConfig with errors.Is.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Is makes errors.Is(err, ErrConfig) true.
+func (e *FieldError) Is(target error) bool { return target == ErrConfig }
+
+// Policy is a compiled, immutable Config bound to a keyring: the pure
+// decision functions of every front end. It is safe for concurrent use.
+type Policy struct {
+	signer   batv.Signer
+	verifier batv.Verifier
+	noExpiry batv.Verifier // verifier for mail with a sender: expiry ignored
+
+	signDomains    domainSet
+	internal       []netip.Prefix
+	submission     map[string]bool
+	signAuth       bool
+	signLocal      bool
+	exemptSenders  addrSet
+	exemptRcptsOut addrSet
+	tempfailOnSign bool
+
+	verifyDomains   domainSet
+	exemptRcptsIn   addrSet
+	exemptClients   []netip.Prefix
+	untaggedBounce  Action
+	invalidTagReply Action
+	graceUntil      time.Time
+	statusHeader    string
+	removeForged    bool
+}
+
+// LifetimeKeeper is a keyring that keeps each key for verification only
+// as long as tags of some lifetime need it (keyring.Keyring, and
+// keyring.Watcher). New refuses a policy whose tags would outlive their
+// keys.
+type LifetimeKeeper interface {
+	MaxLifetimeDays() int
+}
+
+// creator is a keyring that knows when it was created: the default grace
+// period for untagged bounces starts then.
+type creator interface {
+	Created() time.Time
+}
+
+// New checks cfg and compiles it with keys, the keyring the site signs and
+// verifies with. If keys is a LifetimeKeeper, New refuses a configuration
+// that signs or verifies tags longer than the keyring keeps its keys. If
+// keys knows when it was created (a Created() time.Time method), the grace
+// period for untagged bounces ends by default at creation + the expiry
+// window + the queue lifetime. Every problem is reported, joined; each
+// matches ErrConfig.
+func New(cfg Config, keys batv.Keyring) (*Policy, error) {
+	p, errs := compile(cfg)
+	maxLife := p.verifier.MaxLifetime
+	if lk, ok := keys.(LifetimeKeeper); ok && maxLife > lk.MaxLifetimeDays() {
+		errs = append(errs, &FieldError{"verify.max_lifetime", fmt.Sprintf(
+			"tags of %d days are signed or verified, but the keyring retires keys for tags of %d days: raise the keyring's max_lifetime_days or lower sign.lifetime and verify.max_lifetime",
+			maxLife, lk.MaxLifetimeDays())})
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	p.signer.Keys, p.verifier.Keys, p.noExpiry.Keys = keys, keys, keys
+	if c, ok := keys.(creator); ok && p.graceUntil.IsZero() && !c.Created().IsZero() {
+		p.graceUntil = c.Created().Add(time.Duration(maxLife)*24*time.Hour + cfg.Verify.QueueLifetime)
+	}
+	return p, nil
+}
+
+// Check reports every problem of the configuration, joined, each matching
+// ErrConfig; nil if it compiles.
+func (cfg Config) Check() error {
+	_, errs := compile(cfg)
+	return errors.Join(errs...)
+}
+
+// compile builds a policy without keys from cfg and lists its problems.
+func compile(cfg Config) (*Policy, []error) {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{field, fmt.Sprintf(format, args...)})
+	}
+	s, v := cfg.Sign, cfg.Verify
+	p := &Policy{
+		signAuth:     s.Authenticated,
+		signLocal:    s.Local,
+		submission:   map[string]bool{},
+		statusHeader: v.StatusHeader,
+		removeForged: v.RemoveForgedHeaders,
+		graceUntil:   v.GraceUntil,
+	}
+
+	p.signer.Lifetime = s.Lifetime
+	if s.Lifetime < batv.MinLifetime || s.Lifetime > batv.MaxLifetime {
+		bad("sign.lifetime", "%d: want %d to %d days", s.Lifetime, batv.MinLifetime, batv.MaxLifetime)
+	}
+	switch {
+	case s.SubAddress == "":
+	case len(s.SubAddress) != 1 || !batv.ValidDelimiter(s.SubAddress[0]):
+		bad("sign.sub_address", "%q: want one of + - _ . ! # $ %% & ' * ? ^ ` { | } ~", s.SubAddress)
+	default:
+		p.signer.SubAddress = s.SubAddress[0]
+	}
+	p.signDomains = newDomainSet("sign.domains", s.Domains, bad)
+	p.internal = parsePrefixes("sign.internal_networks", s.InternalNetworks, bad)
+	for _, d := range s.SubmissionDaemons {
+		p.submission[d] = true
+	}
+	p.exemptSenders = newAddrSet("sign.exempt_senders", s.ExemptSenders, bad)
+	p.exemptRcptsOut = newAddrSet("sign.exempt_recipients", s.ExemptRecipients, bad)
+	switch s.OnError {
+	case "", "continue":
+	case "tempfail":
+		p.tempfailOnSign = true
+	default:
+		bad("sign.on_error", "%q: want continue or tempfail", s.OnError)
+	}
+
+	maxLife := v.MaxLifetime
+	if maxLife == 0 {
+		maxLife = max(s.Lifetime, batv.MinLifetime)
+	}
+	if maxLife < s.Lifetime && s.Lifetime <= batv.MaxLifetime {
+		bad("verify.max_lifetime", "%d is shorter than sign.lifetime %d: fresh tags would be refused", maxLife, s.Lifetime)
+	}
+	if v.MaxLifetime != 0 && maxLife > batv.MaxLifetime {
+		bad("verify.max_lifetime", "%d: at most %d days", maxLife, batv.MaxLifetime)
+	}
+	p.verifier = batv.Verifier{MaxLifetime: maxLife, Strict: v.Strict, ClockSkew: v.ClockSkew}
+	if v.ClockSkew < 0 || v.ClockSkew > 12*time.Hour {
+		bad("verify.clock_skew", "%v: want 0 to 12h", v.ClockSkew)
+	}
+	switch {
+	case v.Delimiter == "":
+	case len(v.Delimiter) != 1:
+		bad("verify.delimiter", "%q: want one character", v.Delimiter)
+	case !batv.ValidDelimiter(v.Delimiter[0]):
+		bad("verify.delimiter", "%q cannot separate a tag", v.Delimiter)
+	default:
+		p.verifier.Delimiter = v.Delimiter[0]
+	}
+	p.noExpiry = p.verifier
+	p.verifyDomains = p.signDomains
+	if len(v.Domains) > 0 {
+		p.verifyDomains = newDomainSet("verify.domains", v.Domains, bad)
+	}
+	p.exemptRcptsIn = newAddrSet("verify.exempt_recipients", append([]string{"postmaster", "abuse"}, v.ExemptRecipients...), bad)
+	p.exemptClients = parsePrefixes("verify.exempt_clients", v.ExemptClients, bad)
+	var ok bool
+	if p.untaggedBounce, ok = parseAction(v.UntaggedBounce, ActReject, ActTempfail, ActQuarantine, ActTag, ActOff); !ok {
+		bad("verify.untagged_bounce", "%q: want reject, tempfail, quarantine, tag or off", v.UntaggedBounce)
+	}
+	if p.invalidTagReply, ok = parseAction(v.InvalidTagReply, ActDeliverMark, ActDeliver, ActReject, ActPass); !ok {
+		bad("verify.invalid_tag_reply", "%q: want deliver-mark, deliver, reject or pass", v.InvalidTagReply)
+	}
+	if v.QueueLifetime < 0 {
+		bad("verify.queue_lifetime", "%v: must not be negative", v.QueueLifetime)
+	}
+	if !validHeaderName(v.StatusHeader) {
+		bad("verify.status_header", "%q: not a header field name", v.StatusHeader)
+	}
+	return p, errs
+}
+
+// GraceUntil is the end of the grace period for untagged bounces.
+func (p *Policy) GraceUntil() time.Time { return p.graceUntil }
+
+// StatusHeader is the name of the header the inbound front ends add.
+func (p *Policy) StatusHeader() string { return p.statusHeader }
+
+// RemovesForgedHeaders reports whether incoming status headers are to be
+// removed (a milter then needs every header).
+func (p *Policy) RemovesForgedHeaders() bool { return p.removeForged }
+
+// SignsForRecipients reports whether outbound decisions depend on the
+// recipients (there are recipient exemptions).
+func (p *Policy) SignsForRecipients() bool { return !p.exemptRcptsOut.empty() }
+
+// TempfailOnSignError reports whether a signing failure tempfails the
+// message instead of sending it unsigned.
+func (p *Policy) TempfailOnSignError() bool { return p.tempfailOnSign }
+
+// Protected reports whether domain's bounces are verified.
+func (p *Policy) Protected(domain string) bool { return p.verifyDomains.has(domain) }
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
+}
