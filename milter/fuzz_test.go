@@ -2,10 +2,10 @@ package milter
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log"
 	"log/slog"
 	"net"
 	"os"
@@ -19,6 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/internal/testenv/conntest"
+
+	"github.com/batv/batv/internal/serve"
+
 	"github.com/batv/batv/policy"
 
 	"github.com/batv/batv/batv"
@@ -28,11 +32,12 @@ import (
 // Server (both roles, or one) over a unix socket pair, and checks what a
 // mail operator needs from the milter whatever the MTA sends:
 //
-//   - no panic (go-milter recovers panics in callbacks, so its log is
-//     watched too), no hang (the session ends within seconds of the MTA
-//     closing its side), no connection left open, memory bounded by the
-//     input (the one large allocation is go-milter's, at most 1 MiB for
-//     one announced packet);
+//   - no panic (the session recovers panics in callbacks and logs them, so
+//     its log is watched too; a panic elsewhere ends the fuzzing process),
+//     no hang (the session ends within seconds of the MTA closing its
+//     side), no connection left open, memory bounded by the input (the one
+//     large allocation is go-milter's, at most the packet limit for one
+//     announced packet);
 //   - modifications only at end of message, and only those the
 //     transaction justifies: CHGFROM to a valid tag of the sender, and
 //     only for mail authenticated at MAIL (the only way a message is ours
@@ -53,7 +58,6 @@ func FuzzSession(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s)
 	}
-	watchGoMilterPanics()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) == 0 {
 			return
@@ -64,17 +68,17 @@ func FuzzSession(f *testing.F) {
 
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
-		panics := goMilterPanics.Load()
+		panics := sessionPanics.Load()
 
 		replies, err := runFuzzSession(srv, prog)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := goMilterPanics.Load(); n != panics {
-			t.Fatalf("a callback panicked (go-milter recovered it): %s", lastPanic.Load())
+		if n := sessionPanics.Load(); n != panics {
+			t.Fatalf("a callback panicked (the session recovered it): %s", lastPanic.Load())
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for srv.OpenConns() != 0 {
+		for srv.l.Open() != 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("the session did not end after the MTA closed its side")
 			}
@@ -82,10 +86,10 @@ func FuzzSession(f *testing.F) {
 		}
 		var after runtime.MemStats
 		runtime.ReadMemStats(&after)
-		// go-milter allocates a 4 KiB write buffer for every packet it
-		// sends, and each packet it reads (at most 1 MiB, once: a short
-		// one ends the session).
-		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20+uint64(8<<10*len(prog)+256*len(data)) {
+		// go-milter allocates each packet it reads (at most the header
+		// packet limit, once: a short one ends the session) and a few
+		// small buffers for each packet it reads and writes.
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > maxHeaderPacket+1<<20+uint64(8<<10*len(prog)+256*len(data)) {
 			t.Fatalf("the session allocated %d bytes for %d packets, %d bytes of input", alloc, len(prog), len(data))
 		}
 		checkFuzzSession(t, roles, prog, replies)
@@ -183,14 +187,16 @@ func fuzzProgram(t testing.TB, data []byte) []fuzzOp {
 			}
 			pk('D', d)
 		case 3:
-			s := in.pick("", "alice@example.com", "Alice@Example.COM", "bob@example.net", "x@foreign.test", "prvs=0000000000=alice@example.com", "<>")
+			s := in.pick("", "alice@example.com", "Alice@Example.COM", "bob@example.net", "x@foreign.test", "prvs=0000000000=alice@example.com", "<>",
+				`""`, "@evil.test:", "MAILER-DAEMON", `@a:""`)
 			if in.byte()%2 == 0 {
 				s = "<" + s + ">"
 			}
 			pk('M', cstr(s), in.bytes(1))
 		case 4:
 			r := in.pick("user@example.com", "postmaster@example.com", "ABUSE@example.net", "x@foreign.test",
-				"prvs=0000000000=user@example.com", "user+prvs=4123abcdef@example.com", "prvs=user/4123abcdef@example.com", "")
+				"prvs=0000000000=user@example.com", "user+prvs=4123abcdef@example.com", "prvs=user/4123abcdef@example.com", "",
+				"user@example.com.", "user%example.com@[127.0.0.1]", `"user"@example.com`, "@x.test:user@example.com", "example.com!user")
 			pk('R', cstr("<"+r+">"))
 		case 5:
 			local := fuzzLocals[int(in.byte())%len(fuzzLocals)]
@@ -257,41 +263,30 @@ var (
 )
 
 type fuzzSrv struct {
-	*Server
+	l     *serve.Listener
 	conns chan net.Conn
 }
 
-// chanListener hands the Server the connections the test makes.
-type chanListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return &net.UnixAddr{Name: "fuzz", Net: "unix"} }
-
 // fuzzPolicy signs only authenticated mail, so that whether a message may
-// be signed follows from the macros the MTA sent.
+// be signed follows from the macros the MTA sent. It is made once.
 func fuzzPolicy(t testing.TB) *policy.Policy {
-	return testPolicy(t, func(c *policy.Config) {
-		c.Sign.InternalNetworks = nil
-		c.Sign.Local = false
+	fuzzPolicyOnce.Do(func() {
+		cfg := policy.DefaultConfig("example.com", "example.net")
+		cfg.Verify.GraceUntil = testNow.Add(-365 * 24 * time.Hour)
+		cfg.Sign.InternalNetworks = nil
+		cfg.Sign.Local = false
+		var err error
+		if fuzzPolicyValue, err = policy.New(cfg, testKeys); err != nil {
+			panic(err)
+		}
 	})
+	return fuzzPolicyValue
 }
+
+var (
+	fuzzPolicyOnce  sync.Once
+	fuzzPolicyValue *policy.Policy
+)
 
 func fuzzServer(t testing.TB, roles Roles) *fuzzSrv {
 	fuzzMu.Lock()
@@ -300,36 +295,34 @@ func fuzzServer(t testing.TB, roles Roles) *fuzzSrv {
 		return s
 	}
 	p := fuzzPolicy(t)
-	ln := &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-	s := &fuzzSrv{
-		Server: &Server{Name: "fuzz", Roles: roles, Policy: func() *policy.Policy { return p },
-			Now: func() time.Time { return testNow }, Logger: slog.New(slog.DiscardHandler), IdleTimeout: 5 * time.Second},
-		conns: ln.conns,
-	}
-	go s.Serve(ln)
+	ln := conntest.NewChanListener()
+	log := slog.New(panicWatch{})
+	srv := &Server{Name: "fuzz", Roles: roles, Policy: func() *policy.Policy { return p },
+		Now: func() time.Time { return testNow }, Logger: log}
+	s := &fuzzSrv{l: serve.New(ln, serve.Options{Name: "fuzz", Logger: log, IdleTimeout: 5 * time.Second}), conns: ln.Conns}
+	go srv.Serve(s.l)
 	fuzzServers[roles] = s
 	return s
 }
 
-// goMilter's log: panics it recovered are counted.
+// The panics the sessions recovered, from their log.
 var (
-	goMilterOnce   sync.Once
-	goMilterPanics atomic.Int64
-	lastPanic      atomic.Value
+	sessionPanics atomic.Int64
+	lastPanic     atomic.Value
 )
 
+// panicWatch is a slog.Handler that counts the lines about a panic.
 type panicWatch struct{}
 
-func (panicWatch) Write(p []byte) (int, error) {
-	if bytes.Contains(p, []byte("panic")) {
-		lastPanic.Store(string(p))
-		goMilterPanics.Add(1)
+func (panicWatch) Enabled(context.Context, slog.Level) bool { return true }
+func (h panicWatch) WithAttrs([]slog.Attr) slog.Handler     { return h }
+func (h panicWatch) WithGroup(string) slog.Handler          { return h }
+func (panicWatch) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "panic") {
+		lastPanic.Store(r.Message)
+		sessionPanics.Add(1)
 	}
-	return len(p), nil
-}
-
-func watchGoMilterPanics() {
-	goMilterOnce.Do(func() { log.SetOutput(panicWatch{}) })
+	return nil
 }
 
 // socketPair returns two connected unix stream sockets.
@@ -414,34 +407,80 @@ func runFuzzSession(srv *fuzzSrv, prog []fuzzOp) ([]fuzzReply, error) {
 }
 
 // fuzzModel is the fake MTA's view of the transaction go-milter and the
-// session are in, rebuilt from the packets sent.
+// session are in, rebuilt from the packets sent, with go-milter's rules
+// for macros (kept per stage, a stage and the later ones dropped when an
+// earlier stage's command comes) and for aborts (one is made up when the
+// commands go backwards).
 type fuzzModel struct {
-	macros  map[string]string
-	mail    bool // MAIL seen: the session has a transaction
+	macros  [8]map[string]string // by go-milter's stage
+	mail    bool                 // MAIL seen: the session has a transaction
 	sender  string
 	authed  bool
 	rcpts   []string
+	ok      []string // the recipients the milter accepted at RCPT
+	deliver int      // accepted recipients that will be delivered
+	refused int      // untagged recipients whose refusal waits for DATA
 	forged  int
 	replies []fuzzReply
-	// proto is the protocol agreed at the first option negotiation (what
-	// the milter's first OPTNEG reply says): the events it names
-	// SMFIP_NR_* for get no reply.
-	proto  uint32
-	agreed bool
+	// proto is the protocol agreed at the option negotiation: the events
+	// it names SMFIP_NR_* for get no reply.
+	proto     uint32
+	agreed    bool
+	lastOrder int
+	lastCmd   byte
 }
+
+// go-milter's macro stages, and the stage of each command and of the
+// stage code of a MACRO packet.
+const (
+	stConnect = iota
+	stHelo
+	stMail
+	stRcpt
+	stData
+	stEOM
+	stEOH
+	stEnd
+)
+
+var macroStage = map[byte]int{'C': stConnect, 'H': stHelo, 'M': stMail, 'R': stRcpt, 'T': stData, 'N': stEOH, 'E': stEOM,
+	'U': stEnd, 'L': stEnd, 'A': stEnd, 'B': stEnd}
+
+// delStage drops the macros of stage and of the stages after it, in the
+// order of the protocol (end of headers comes before end of message).
+func (m *fuzzModel) delStage(stage int) {
+	order := []int{stConnect, stHelo, stMail, stRcpt, stData, stEOH, stEOM, stEnd}
+	for i, st := range order {
+		if st == stage {
+			for _, later := range order[i:] {
+				m.macros[later] = nil
+			}
+			return
+		}
+	}
+}
+
+// macro is what go-milter's Get returns: the latest stage's value.
+func (m *fuzzModel) macro(name string) string {
+	for st := stEnd; st >= stConnect; st-- {
+		if v, ok := m.macros[st][name]; ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// order is go-milter's rank of the commands of a transaction.
+var order = map[byte]int{'C': 1, 'H': 2, 'M': 3, 'R': 4, 'T': 5, 'L': 6, 'N': 7, 'B': 8, 'E': 9}
 
 // noReply reports whether the milter sends no reply to cmd.
 func (m *fuzzModel) noReply(cmd byte) bool {
-	flag := map[byte]uint32{'C': 1 << 12, 'M': 1 << 14, 'L': 1 << 7}[cmd]
+	flag := map[byte]uint32{'C': 1 << 12, 'H': 1 << 13, 'M': 1 << 14, 'R': 1 << 15, 'T': 1 << 16, 'U': 1 << 17,
+		'L': 1 << 7, 'N': 1 << 18, 'B': 1 << 19}[cmd]
 	return m.proto&flag != 0
 }
 
 var fuzzVerifier = batv.Verifier{Keys: testKeys, Now: func() time.Time { return testNow }}
-
-func protected(addr string) bool {
-	d := strings.ToLower(addr[strings.LastIndexByte(addr, '@')+1:])
-	return d == "example.com" || d == "example.net"
-}
 
 // exemptish says whether addr may be an exempt recipient (postmaster or
 // abuse, tagged or not): such bounces are never refused.
@@ -475,55 +514,95 @@ func checkFuzzSession(t *testing.T, roles Roles, prog []fuzzOp, replies []fuzzRe
 		}
 		t.Fatalf("after the packets:%s\n"+format, append([]any{b.String()}, args...)...)
 	}
+	dropEnd := false // command-level macros go after the command
 	for i, op := range prog {
+		if dropEnd {
+			m.delStage(stEnd)
+			dropEnd = false
+		}
 		if op.raw != nil {
 			return // the framing is broken: the model cannot follow
 		}
+		if i == 0 && (op.cmd != 'O' || len(op.data) < 12) {
+			return // no negotiation: go-milter ends the session
+		}
+		if i > 0 && op.cmd == 'O' {
+			return // a second negotiation: go-milter ends the session
+		}
+		if !m.sessionGoesOn(op) {
+			return
+		}
+		// go-milter makes up an abort when the commands go backwards.
+		code := op.cmd
+		if code == 'D' {
+			code = op.data[0]
+		}
+		if rank, ok := order[code]; ok {
+			if m.lastOrder > rank && m.lastCmd != 'A' {
+				m.reset()
+				m.delStage(stHelo)
+			}
+			m.lastOrder = rank
+		} else if code == 'A' && m.lastCmd == 'A' {
+			continue // a repeated abort is dropped
+		}
+		m.lastCmd = code
 		switch op.cmd {
 		case 'D':
-			if len(op.data) == 0 {
-				return // go-milter ends the session
+			st, ok := macroStage[op.data[0]]
+			if !ok {
+				continue // a stage go-milter does not know: ignored
 			}
+			m.delStage(st)
 			kv := decodeCStrings(op.data[1:])
 			if len(kv)%2 == 1 {
 				kv = append(kv, "")
 			}
-			m.macros = map[string]string{}
 			for j := 0; j < len(kv); j += 2 {
-				m.macros[kv[j]] = kv[j+1]
+				if m.macros[st] == nil {
+					m.macros[st] = map[string]string{}
+				}
+				m.macros[st][kv[j]] = kv[j+1]
 			}
 			continue
 		case 'A':
-			m.macros = nil
 			m.reset()
+			m.delStage(stHelo)
 			continue
-		case 'B', 'C', 'E', 'H', 'L', 'M', 'N', 'O', 'R', 'T':
-		default:
-			return // QUIT or an unknown command: go-milter ends the session
-		}
-		if op.cmd == 'C' {
-			host := readCString(op.data)
-			if len(op.data) < len(host)+2 {
-				return // malformed: go-milter ends the session
-			}
+		case 'K':
+			m.reset()
+			m.delStage(stConnect)
+			continue
 		}
 		// Before the reply: what the packet does to the transaction.
 		switch op.cmd {
+		case 'C':
+			m.delStage(stHelo)
+		case 'H':
+			m.delStage(stMail)
 		case 'M':
+			m.delStage(stRcpt)
 			m.reset()
 			m.mail = true
 			m.sender = strings.Trim(readCString(op.data), "<>")
-			m.authed = m.macros["{auth_authen}"] != ""
+			m.authed = m.macro("{auth_authen}") != ""
 		case 'R':
+			m.delStage(stData)
 			if m.mail {
 				m.rcpts = append(m.rcpts, strings.Trim(readCString(op.data), "<>"))
 			}
+		case 'T':
+			m.delStage(stEOH)
+		case 'N':
+			m.delStage(stEOM)
 		case 'L':
-			if h := decodeCStrings(op.data); m.mail && len(h) >= 1 && len(h) <= 2 && strings.EqualFold(h[0], "X-BATV-Status") {
+			if h := decodeCStrings(op.data); m.mail && strings.EqualFold(h[0], "X-BATV-Status") {
 				m.forged++
 			}
 		}
-		if m.noReply(op.cmd) {
+		dropEnd = op.cmd == 'L' || op.cmd == 'B' || op.cmd == 'U'
+
+		if m.noReply(op.cmd) && op.cmd != 'O' && op.cmd != 'E' {
 			continue
 		}
 		if len(m.replies) == 0 {
@@ -535,56 +614,91 @@ func checkFuzzSession(t *testing.T, roles Roles, prog []fuzzOp, replies []fuzzRe
 			m.replies = m.replies[1:]
 		}
 		if len(m.replies) == 0 {
-			fail(i, "modifications %v without a reply", mods)
+			fail(i, "changes %v without a reply", mods)
 		}
 		r := m.replies[0]
 		m.replies = m.replies[1:]
 		if len(mods) > 0 && op.cmd != 'E' {
-			fail(i, "modifications %q in answer to %c", mods, op.cmd)
+			fail(i, "changes %q in answer to %c", mods, op.cmd)
 		}
 		switch op.cmd {
 		case 'O':
 			if r.code != 'O' || len(r.data) < 12 {
 				fail(i, "OPTNEG answered %q %q", r.code, r.data)
 			}
-			if !m.agreed {
-				m.proto, m.agreed = binary.BigEndian.Uint32(r.data[8:12]), true
-				// Asked of an MTA that opened with a well-formed
-				// negotiation, nothing beyond what it offered.
-				if n := len(op.data); i == 0 && n >= 12 && n <= 63 {
-					if offer := binary.BigEndian.Uint32(op.data[8:12]); m.proto&^offer != 0 {
-						fail(i, "protocol %#x agreed to an offer of %#x", m.proto, offer)
-					}
-				}
-			}
-		case 'C':
-			if r.code != 'c' && r.code != 't' {
-				fail(i, "CONNECT answered %q %q", r.code, r.data)
+			m.proto, m.agreed = binary.BigEndian.Uint32(r.data[8:12]), true
+			// Nothing asked beyond what the MTA offered.
+			if offer := binary.BigEndian.Uint32(op.data[8:12]); m.proto&^offer != 0 {
+				fail(i, "protocol %#x agreed to an offer of %#x", m.proto, offer)
 			}
 		case 'R':
 			m.checkRcpt(fail, i, roles, r)
+		case 'T':
+			m.checkData(fail, i, roles, r)
 		case 'E':
 			m.checkEOM(fail, i, roles, mods, r)
 			m.reset()
+			m.delStage(stMail)
 		default:
 			if r.code != 'c' {
 				fail(i, "%c answered %q %q", op.cmd, r.code, r.data)
 			}
 		}
-		if r.code != 'c' && r.code != 'y' && r.code != 'O' {
-			m.reset() // go-milter replaces the session
-		}
 	}
+}
+
+// sessionGoesOn reports whether go-milter carries on after op, or ends the
+// session: a QUIT, an unknown command, or a packet it cannot parse.
+func (m *fuzzModel) sessionGoesOn(op fuzzOp) bool {
+	switch op.cmd {
+	case 'O', 'A', 'K', 'N', 'T', 'E', 'B', 'H', 'U':
+		return !(op.cmd == 'H' && len(op.data) == 0)
+	case 'D', 'M', 'R':
+		return len(op.data) > 0
+	case 'L':
+		return len(op.data) >= 2 && len(decodeCStrings(op.data)) == 2
+	case 'C':
+		host := readCString(op.data)
+		if len(op.data) < len(host)+2 {
+			return false
+		}
+		rest := op.data[len(host)+1:]
+		switch rest[0] {
+		case 'U':
+			return true
+		case 'L', '4', '6':
+			if len(rest) < 3 {
+				return false
+			}
+			addr := readCString(rest[3:])
+			if rest[0] == 'L' {
+				return true
+			}
+			addr = strings.TrimPrefix(addr, "IPv6:")
+			if rest[0] == '6' && len(addr) > 2 && addr[0] == '[' && addr[len(addr)-1] == ']' {
+				addr = addr[1 : len(addr)-1]
+			}
+			ip := net.ParseIP(addr)
+			return ip != nil && (rest[0] == '6' || ip.To4() != nil)
+		}
+		return false
+	}
+	return false // QUIT, or a command go-milter does not know
 }
 
 func (m *fuzzModel) reset() {
 	m.mail, m.sender, m.authed, m.rcpts, m.forged = false, "", false, nil, 0
+	m.ok, m.deliver, m.refused = nil, 0, 0
 }
 
 type failFunc func(i int, format string, args ...any)
 
-// checkRcpt: a bounce to a protected recipient is refused exactly when its
-// tag does not verify; anything else is not refused.
+// checkRcpt: for a bounce to a protected recipient, a tag that does not
+// verify is refused at once, an untagged recipient waits for DATA unless
+// the transaction already has a recipient that will be delivered, and a
+// recipient that will be delivered is deferred (452) when an untagged one
+// waits for DATA; mail with a sender is refused only for a tag that does
+// not verify.
 func (m *fuzzModel) checkRcpt(fail failFunc, i int, roles Roles, r fuzzReply) {
 	if !m.mail {
 		if r.code != 'c' {
@@ -593,26 +707,68 @@ func (m *fuzzModel) checkRcpt(fail failFunc, i int, roles Roles, r fuzzReply) {
 		return
 	}
 	addr := m.rcpts[len(m.rcpts)-1]
-	bounce := m.sender == "" && roles&Inbound != 0 && protected(addr) && !exemptish(addr)
-	if !bounce {
-		if r.code != 'c' {
-			fail(i, "RCPT %q (sender %q, roles %v) answered %q %q", addr, m.sender, roles, r.code, r.data)
+	reply := func(code byte, smtp string) {
+		if r.code != code || smtp != "" && !bytes.HasPrefix(r.data, []byte(smtp)) {
+			fail(i, "RCPT %q (sender %q, roles %v): %q %q, want %q %s", addr, m.sender, roles, r.code, r.data, code, smtp)
 		}
+		if code == 'c' {
+			m.ok = append(m.ok, addr)
+		}
+	}
+	if roles&Inbound == 0 {
+		reply('c', "")
 		return
 	}
-	res, _ := fuzzVerifier.Verify(addr)
+	mbox, protected := fuzzPolicy(nil).Mailbox(addr)
+	bounce := policy.NullSender(m.sender)
+	res, _ := fuzzVerifier.Verify(mbox)
+	if !bounce {
+		res, _ = fuzzVerifier.VerifyIgnoringExpiry(mbox)
+	}
+	local := mbox[:max(strings.LastIndexByte(mbox, '@'), 0)]
+	if res.Status != batv.Missing && res.Status != batv.Malformed {
+		local = res.Tag.Local()
+	}
+	exempt := strings.EqualFold(local, "postmaster") || strings.EqualFold(local, "abuse")
 	switch {
-	case res.Status == batv.Valid && r.code != 'c':
-		fail(i, "bounce to %q, a valid tag, answered %q %q", addr, r.code, r.data)
-	case res.Status != batv.Valid && (r.code != 'y' || !bytes.HasPrefix(r.data, []byte("550 5.7.1 "))):
-		fail(i, "bounce to %q (%v) answered %q %q, want 550 5.7.1", addr, res.Status, r.code, r.data)
+	case !protected || res.Status == batv.Valid || exempt || !bounce && res.Status == batv.Missing:
+		// Will be delivered.
+		if bounce && m.refused > 0 {
+			reply('y', "452 4.5.3")
+			return
+		}
+		reply('c', "")
+		m.deliver++
+	case !bounce:
+		reply('y', "550 5.7.1 The recipient address tag is")
+	case res.Status != batv.Missing:
+		reply('y', "550 5.7.1 Bounce refused: the recipient address tag")
+	case m.deliver > 0:
+		reply('y', "550 5.7.1 Bounce refused: this address sends only tagged mail")
+	default:
+		reply('c', "")
+		m.refused++
+	}
+}
+
+// checkData: a bounce with untagged recipients is refused at DATA.
+func (m *fuzzModel) checkData(fail failFunc, i int, roles Roles, r fuzzReply) {
+	if m.mail && roles&Inbound != 0 && m.refused > 0 {
+		if r.code != 'y' || !bytes.HasPrefix(r.data, []byte("550 5.7.1 Bounce refused: this address sends only tagged mail")) {
+			fail(i, "DATA of a bounce with %d untagged recipients answered %q %q", m.refused, r.code, r.data)
+		}
+		m.delStage(stMail)
+		return
+	}
+	if r.code != 'c' {
+		fail(i, "DATA answered %q %q", r.code, r.data)
 	}
 }
 
 // checkEOM: every modification is one the transaction justifies, and the
 // ones it requires are there.
 func (m *fuzzModel) checkEOM(fail failFunc, i int, roles Roles, mods []fuzzReply, r fuzzReply) {
-	if r.code != 'c' {
+	if r.code != 'a' {
 		fail(i, "end of message answered %q %q", r.code, r.data)
 	}
 	if !m.mail && len(mods) > 0 {
@@ -632,24 +788,25 @@ func (m *fuzzModel) checkEOM(fail failFunc, i int, roles Roles, mods []fuzzReply
 				fail(i, "CHGFROM %q for sender %q (authenticated %v, roles %v): %v", mod.data, m.sender, m.authed, roles, res.Status)
 			}
 		case '-':
-			if _, err := batv.Parse(arg, '+'); !inbound || err != nil || !slices.Contains(m.rcpts, arg) {
-				fail(i, "DELRCPT %q: not a tagged recipient of the transaction %q", arg, m.rcpts)
+			if !inbound || !slices.Contains(m.ok, arg) {
+				fail(i, "DELRCPT %q: not a recipient accepted in the transaction %q", arg, m.ok)
 			}
 			deleted = append(deleted, arg)
 		case '+':
 			ok := false
-			for _, rc := range m.rcpts {
-				t, err := batv.Parse(rc, '+')
+			for _, rc := range m.ok {
+				mbox, _ := fuzzPolicy(nil).Mailbox(rc)
+				t, err := batv.Parse(mbox, '+')
 				if err != nil || t.Original != arg {
 					continue
 				}
-				res, _ := fuzzVerifier.Verify(rc)
-				if m.sender != "" || res.Status == batv.Valid || exemptish(rc) {
+				res, _ := fuzzVerifier.Verify(mbox)
+				if !policy.NullSender(m.sender) || res.Status == batv.Valid || exemptish(rc) {
 					ok = true
 				}
 			}
 			if !inbound || !ok {
-				fail(i, "ADDRCPT %q: not the untagged address of a recipient that may be rewritten (sender %q, recipients %q)", arg, m.sender, m.rcpts)
+				fail(i, "ADDRCPT %q: not the untagged address of a recipient that may be rewritten (sender %q, recipients %q)", arg, m.sender, m.ok)
 			}
 		case 'm':
 			if len(mod.data) < 4 {
@@ -683,9 +840,10 @@ func (m *fuzzModel) checkEOM(fail failFunc, i int, roles Roles, mods []fuzzReply
 	if roles&Outbound != 0 && m.authed && m.sender == "alice@example.com" && chgfrom != 1 {
 		fail(i, "authenticated mail from %q not signed: %q", m.sender, mods)
 	}
-	if inbound && m.sender == "" {
-		for _, rc := range m.rcpts {
-			if res, _ := fuzzVerifier.Verify(rc); res.Status == batv.Valid && protected(rc) && !slices.Contains(deleted, rc) {
+	if inbound && policy.NullSender(m.sender) {
+		for _, rc := range m.ok {
+			mbox, protected := fuzzPolicy(nil).Mailbox(rc)
+			if res, _ := fuzzVerifier.Verify(mbox); res.Status == batv.Valid && protected && !slices.Contains(deleted, rc) {
 				fail(i, "bounce to the valid tag %q not rewritten: %q", rc, mods)
 			}
 		}
@@ -722,6 +880,14 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		// A header with a NUL in its value, which go-milter answers by
 		// itself although the MTA does not wait for header replies.
 		cat([]byte{both}, optneg, conn, mailNull, rcptValid, []byte{6, 2, 3, 'a', 0, 'b'}, eom, abort, mailNull, rcptForged, eom, abort),
+		// Untagged bounces: refused at DATA, or at RCPT after a recipient
+		// that will be delivered; a valid tag after an untagged one is
+		// deferred. Then the null sender and the recipient spelled
+		// otherwise.
+		cat([]byte{inbound}, optneg, conn, mailNull, []byte{4, 0}, rcptValid, []byte{11}, eom, abort,
+			mailNull, rcptValid, []byte{4, 0}, []byte{11}, eom, abort),
+		cat([]byte{both}, optneg, conn, []byte{3, 7, 1, 0}, []byte{4, 8}, []byte{11}, abort,
+			[]byte{3, 8, 1, 0}, []byte{4, 9}, []byte{4, 10}, []byte{4, 11}, []byte{11}, eom, abort),
 	}
 }
 

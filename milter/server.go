@@ -1,21 +1,25 @@
+// Package milter is batv's milter front end: it signs the envelope sender
+// of mail our users send, and verifies the tagged recipients of the mail
+// we receive, over the policy of package policy. The milter protocol is
+// github.com/d--j/go-milter's; the connections are package serve's.
 package milter
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
 	"github.com/batv/batv/internal/metrics"
+	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/policy"
 )
 
@@ -43,9 +47,7 @@ func (r Roles) String() string {
 	return "none"
 }
 
-// Server serves the milter protocol on a listener. go-milter runs each
-// session; Server adds what it lacks: a connection limit, idle timeouts,
-// buffered reads, one write per reply, and a graceful shutdown.
+// Server serves the milter protocol on the connections of a listener.
 type Server struct {
 	// Name labels the listener in logs and metrics.
 	Name string
@@ -56,158 +58,61 @@ type Server struct {
 	Policy func() *policy.Policy
 	// Logger receives one line per decision and per session problem.
 	Logger *slog.Logger
-	// Metrics records decisions and connections; nil records nothing.
+	// Metrics records decisions; nil records nothing.
 	Metrics *metrics.Metrics
-	// MaxConns limits concurrent MTA connections; 0 means no limit. A
-	// connection over the limit is closed at once, so the MTA applies its
-	// default action at once rather than after its connect timeout.
-	MaxConns int
-	// IdleTimeout closes a connection on which the MTA sends nothing for
-	// this long (0: 15 minutes, well above Postfix's own timeouts).
-	IdleTimeout time.Duration
 	// Now returns the time; nil means time.Now.
 	Now func() time.Time
-
-	mu       sync.Mutex
-	ln       net.Listener
-	conns    map[*conn]struct{}
-	draining bool
-	lastID   atomic.Uint64
-	wg       sync.WaitGroup
-	// Refusals at the connection limit are logged at most once per
-	// refusalLogEvery, with the number refused since the last line.
-	refusedLogged time.Time
-	refusedSince  int
 }
 
-// refusalLogEvery bounds the log lines a connection flood causes.
-const refusalLogEvery = 10 * time.Second
-
-// DefaultIdleTimeout is used when Server.IdleTimeout is 0.
-const DefaultIdleTimeout = 15 * time.Minute
-
-// readBufferSize holds a macro packet and its command, what Postfix sends
-// per round trip, in one read; a longer packet (a long header) takes a few
-// reads more. It is per connection, so it counts at a few hundred
-// connections: 1 KiB instead of bufio's 4 KiB saved 1.5 MiB of peak RSS
-// at 256 connections, for about 7% more CPU there (less live heap, more
-// frequent garbage collection of go-milter's allocations); see
-// docs/performance.md.
-const readBufferSize = 1024
-
-// writeTimeout bounds each write to the MTA (a variable for the tests).
-var writeTimeout = 30 * time.Second
-
-// ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("milter: server closed")
-
-// Serve accepts MTA connections on ln until Shutdown, and returns
-// ErrServerClosed then.
-func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.draining {
-		s.mu.Unlock()
-		return ErrServerClosed
-	}
-	s.ln = ln
-	if s.conns == nil {
-		s.conns = map[*conn]struct{}{}
-	}
-	s.mu.Unlock()
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			draining := s.draining
-			s.mu.Unlock()
-			if draining || errors.Is(err, net.ErrClosed) {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			s.logger().Error("accept failed", "listener", s.Name, "err", err)
-			time.Sleep(100 * time.Millisecond) // e.g. out of file descriptors
-			continue
+// Serve serves the milter on every connection l accepts, until l shuts
+// down.
+func (s *Server) Serve(l *serve.Listener) error {
+	libraryLog.Do(func() {
+		log := s.logger()
+		gomilter.LogWarning = func(format string, v ...any) {
+			log.Warn("go-milter: "+fmt.Sprintf(format, v...), "component", "go-milter")
 		}
-		s.serveConn(nc)
-	}
+	})
+	return l.Serve(s.ServeConn)
 }
 
-func (s *Server) serveConn(nc net.Conn) {
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	c := &conn{
-		Conn: nc,
-		srv:  s,
-		id:   s.lastID.Add(1),
-		r:    bufio.NewReaderSize(nc, readBufferSize),
-		idle: s.IdleTimeout,
-	}
-	if c.idle == 0 {
-		c.idle = DefaultIdleTimeout
-	}
-	c.log = s.logger().With("listener", s.Name, "conn", c.id)
-	s.mu.Lock()
-	if s.draining || (s.MaxConns > 0 && len(s.conns) >= s.MaxConns) {
-		draining := s.draining
-		refused, logNow := 0, false
-		if !draining {
-			s.refusedSince++
-			if now := time.Now(); now.Sub(s.refusedLogged) >= refusalLogEvery {
-				refused, logNow = s.refusedSince, true
-				s.refusedLogged, s.refusedSince = now, 0
-			}
-		}
-		s.mu.Unlock()
-		nc.Close()
-		if !draining {
-			s.Metrics.ConnRefused(s.Name)
-		}
-		if logNow {
-			s.logger().Warn("connection refused: limit reached", "listener", s.Name, "max_connections", s.MaxConns,
-				"refused", refused, "per", refusalLogEvery)
-		}
-		return
-	}
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	s.Metrics.ConnOpened(s.Name)
+// libraryLog sends go-milter's warnings, which it writes through a
+// package variable, to the first server's logger.
+var libraryLog sync.Once
 
+// ServeConn runs one milter session on c and closes it at the end.
+func (s *Server) ServeConn(c *serve.Conn) {
+	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize)}
 	actions, protocol := s.negotiation()
-	ms := &gomilter.Server{
-		NewMilter: func() gomilter.Milter { return &session{c: c} },
-		Actions:   actions,
-		Protocol:  protocol,
-	}
-	// Serve starts the session in a goroutine of its own and returns at
-	// once: the one-connection listener has nothing more to give. The
-	// end of the session is seen when go-milter closes the connection
-	// (conn.Close).
-	_ = ms.Serve(&oneConnListener{c: c})
+	ms := gomilter.NewServer(
+		gomilter.WithDynamicMilter(func(version uint32, _ gomilter.OptAction, protocol gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
+			c.Log().Debug("negotiated", "version", version, "no_reply", noReplyEvents(protocol))
+			return &session{srv: s, conn: mc}
+		}),
+		gomilter.WithActions(actions),
+		gomilter.WithProtocols(protocol),
+		gomilter.WithNegotiationCallback(negotiate),
+		gomilter.WithMacroRequest(gomilter.StageConnect, []gomilter.MacroName{gomilter.MacroDaemonName}),
+		gomilter.WithMacroRequest(gomilter.StageMail, []gomilter.MacroName{gomilter.MacroAuthAuthen, gomilter.MacroQueueId}),
+		gomilter.WithMacroRequest(gomilter.StageRcpt, []gomilter.MacroName{gomilter.MacroQueueId}),
+		gomilter.WithMacroRequest(gomilter.StageEOM, []gomilter.MacroName{gomilter.MacroQueueId}),
+	)
+	// The library runs the session in a goroutine of its own; Serve
+	// returns as soon as the one-connection listener has nothing more to
+	// give. The session closes mc when it ends.
+	_ = ms.Serve(&oneConnListener{c: mc})
 }
 
-// sessionEnded runs once per connection, when go-milter has closed it.
-func (s *Server) sessionEnded(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	how := c.endReason()
-	c.logEnd(how)
-	s.Metrics.ConnClosed(s.Name, how)
-	s.wg.Done()
-}
-
-// negotiation returns what the milter asks of the MTA: only the actions and
-// callbacks its roles need, since every callback is a round trip.
+// negotiation returns what the milter asks of the MTA: only the actions
+// and events its roles need, since every event the MTA waits on is a
+// round trip.
 func (s *Server) negotiation() (gomilter.OptAction, gomilter.OptProtocol) {
 	p := s.Policy()
 	var act gomilter.OptAction
-	proto := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoUnknown |
-		gomilter.OptNoEOH | gomilter.OptNoBody
+	proto := gomilter.OptNoHelo | gomilter.OptNoUnknown | gomilter.OptNoEOH | gomilter.OptNoBody
+	if s.Roles&Inbound == 0 {
+		proto |= gomilter.OptNoData // DATA is where untagged bounces are refused
+	}
 	if s.Roles&Outbound != 0 {
 		act |= gomilter.OptChangeFrom
 	}
@@ -216,8 +121,7 @@ func (s *Server) negotiation() (gomilter.OptAction, gomilter.OptProtocol) {
 			gomilter.OptChangeHeader | gomilter.OptQuarantine
 	}
 	// The MTA need not wait for a reply to CONNECT, MAIL or a header:
-	// their callbacks only take note (the MTA may not offer these; see
-	// conn.agree).
+	// their callbacks only take note.
 	proto |= gomilter.OptNoConnReply | gomilter.OptNoMailReply
 	if s.Roles&Inbound == 0 || !p.RemovesForgedHeaders() {
 		proto |= gomilter.OptNoHeaders
@@ -230,46 +134,147 @@ func (s *Server) negotiation() (gomilter.OptAction, gomilter.OptProtocol) {
 	return act, proto
 }
 
-// Shutdown stops accepting connections, closes idle ones, lets messages in
-// flight finish, and closes what is left when ctx ends. The MTA applies its
-// milter default action to a message whose connection was closed.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.draining = true
-	if s.ln != nil {
-		s.ln.Close()
-	}
-	for c := range s.conns {
-		c.drain()
-	}
-	s.mu.Unlock()
+// errActionsMissing refuses an MTA that cannot make the changes the
+// milter's roles need.
+var errActionsMissing = errors.New("milter: the MTA does not offer the message changes this listener's roles need")
 
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		n := len(s.conns)
-		for c := range s.conns {
-			c.setEnd("shutdown")
-			c.shut()
+// negotiate agrees to what the milter asked for within what the MTA
+// offered: the lower protocol version, and the protocol steps and
+// no-reply flags the MTA offered (an MTA that did not offer to go without
+// a reply waits for one, and gets it). The actions the roles need are
+// required.
+func negotiate(mtaVersion, milterVersion uint32, mtaActions, milterActions gomilter.OptAction,
+	mtaProtocol, milterProtocol gomilter.OptProtocol, _ gomilter.DataSize) (uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize, error) {
+	version := min(mtaVersion, milterVersion)
+	need := milterActions &^ gomilter.OptSetMacros
+	if mtaActions&need != need {
+		return 0, 0, 0, 0, fmt.Errorf("%w: offered %v, needed %v", errActionsMissing, mtaActions, need)
+	}
+	return version, milterActions & mtaActions, milterProtocol & mtaProtocol, gomilter.DataSize64K, nil
+}
+
+// readBufferSize holds a macro packet and its command, what Postfix sends
+// per round trip, in one read; a longer packet (a long header) takes a few
+// reads more. It is per connection, so it counts at a few hundred
+// connections.
+const readBufferSize = 1024
+
+// Packet checks. go-milter v0.10.1 allocates a packet's announced length
+// before it reads it (up to 512 MB), and panics, taking the whole process
+// down, on an empty packet and on CONNECT, MAIL and RCPT packets without
+// the NUL that ends their first string (or, for CONNECT, without anything
+// after it). The milter refuses such packets before go-milter parses
+// them, which ends that session only. A header may be long (Postfix's
+// header_size_limit is 102400 bytes by default); nothing else batv asks
+// for is more than a few hundred bytes, and what it does not ask for
+// (body chunks) is at most 64 KiB.
+const (
+	maxHeaderPacket = 256 << 10
+	maxPacket       = 64<<10 + 64
+)
+
+// errPacket ends a session whose MTA sent a packet the milter will not
+// let go-milter read.
+var errPacket = errors.New("milter: packet refused")
+
+// conn is what go-milter reads and writes: the listener's connection with
+// a read buffer, and with the packet checks made as go-milter reads.
+type conn struct {
+	*serve.Conn
+	r    *bufio.Reader
+	left int  // bytes of the current packet go-milter has still to read
+	size int  // length of the current packet, header included
+	last byte // command of the current (or last) packet
+	nul  int  // offset in the current packet's data of its first NUL, or -1
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.left == 0 {
+		hdr, err := c.r.Peek(5)
+		if err != nil {
+			if err == io.EOF && len(hdr) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
 		}
-		s.mu.Unlock()
-		<-done
-		s.logger().Warn("shutdown deadline passed: closed connections with messages in flight",
-			"listener", s.Name, "connections", n)
-		return ctx.Err()
+		n, cmd := binary.BigEndian.Uint32(hdr), hdr[4]
+		limit := uint32(maxPacket)
+		if cmd == 'L' {
+			limit = maxHeaderPacket
+		}
+		if n == 0 || n > limit {
+			return 0, c.refuse(cmd, fmt.Sprintf("length %d, limit %d", n, limit))
+		}
+		c.left, c.size, c.last, c.nul = 4+int(n), 4+int(n), cmd, -1
 	}
+	if len(p) > c.left {
+		p = p[:c.left]
+	}
+	off := c.size - c.left // of p[0] in the packet
+	n, err := c.r.Read(p)
+	if c.nul < 0 && strings.IndexByte("CMR", c.last) >= 0 {
+		for i, b := range p[:n] {
+			if b == 0 && off+i >= 5 {
+				c.nul = off + i - 5
+				break
+			}
+		}
+	}
+	c.left -= n
+	if c.left > 0 || n == 0 {
+		return n, err
+	}
+	data := c.size - 5
+	switch {
+	case c.last == 'Q':
+		c.SetEnd("quit")
+	case c.last == 'C' && (c.nul < 0 || c.nul+1 >= data):
+		c.left = 1
+		return n - 1, c.refuse('C', "no NUL after the host name, or nothing after it")
+	case (c.last == 'M' || c.last == 'R') && c.nul < 0:
+		c.left = 1
+		return n - 1, c.refuse(c.last, "no NUL after the address")
+	}
+	return n, err
 }
 
-// OpenConns returns the number of open MTA connections.
-func (s *Server) OpenConns() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
+// refuse ends the session at a packet go-milter must not read.
+func (c *conn) refuse(cmd byte, why string) error {
+	c.SetEnd("error")
+	c.Log().Warn("session ended: the MTA sent a packet the milter does not read",
+		"command", fmt.Sprintf("%q", cmd), "why", why)
+	return errPacket
 }
+
+// Close is called by go-milter when the session ends. A session that did
+// not end with QUIT, the MTA's close, a timeout or a refused packet was
+// ended by go-milter itself: a malformed or unexpected packet, or a
+// callback that failed (go-milter's own warning says which).
+func (c *conn) Close() error {
+	if c.SetEnd("error") {
+		c.Log().Warn("session ended: go-milter gave up on it (a malformed or unexpected packet, or a failed callback)",
+			"last_command", fmt.Sprintf("%q", c.last))
+	}
+	return c.Conn.Close()
+}
+
+// oneConnListener hands one connection to a go-milter Server, then says it
+// is closed.
+type oneConnListener struct {
+	c     net.Conn
+	given bool
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.given {
+		l.given = true
+		return l.c, nil
+	}
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
 
 func (s *Server) logger() *slog.Logger {
 	if s.Logger == nil {
@@ -285,147 +290,9 @@ func (s *Server) now() time.Time {
 	return s.Now()
 }
 
-// conn is one MTA connection: buffered reads with an idle deadline, and
-// writes that hold message modifications back until the reply that
-// follows them, so that a reply is one write.
-type conn struct {
-	net.Conn
-	srv  *Server
-	id   uint64
-	r    *bufio.Reader
-	log  *slog.Logger
-	idle time.Duration
-	wbuf []byte
-	mbuf []byte // a modification packet being built (session.go)
-
-	// Connection facts from CONNECT, kept across go-milter's fresh
-	// Milter objects.
-	facts policy.Client
-	// offer is the protocol steps the MTA offered in its option
-	// negotiation (offerKnown: it has been read), and proto what was
-	// agreed: what the milter asked for, within the offer. The session
-	// leaves out the replies proto's SMFIP_NR_* bits say the MTA does not
-	// wait for.
-	offer      uint32
-	offerKnown bool
-	peeked     bool
-	agreed     bool
-	proto      gomilter.OptProtocol
-
-	mu         sync.Mutex
-	fr         framing // what go-milter has read, for the end-of-session log
-	inMessage  bool
-	draining   bool
-	closeAfter bool // close after the next reply: draining and in a message
-	end        string
-	shutOnce   sync.Once
-	endOnce    sync.Once
-}
-
-func (c *conn) Read(p []byte) (int, error) {
-	if c.r.Buffered() == 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
-	}
-	if !c.peeked {
-		c.peekOffer()
-	}
-	n, err := c.r.Read(p)
-	if n > 0 {
-		c.mu.Lock()
-		c.fr.feed(p[:n])
-		c.mu.Unlock()
-	}
-	if err == nil || err == io.EOF {
-		if err == io.EOF {
-			c.setEnd("closed")
-		}
-		return n, err
-	}
-	// The session ends here. go-milter logs any read error but EOF, so
-	// log it here with the connection's context, and hand it EOF.
-	var ne net.Error
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		c.setEnd("timeout")
-		c.log.Info("session closed: the MTA sent nothing for too long", "idle", c.idle)
-	case errors.Is(err, net.ErrClosed):
-		c.setEnd("closed") // closed by Shutdown, which set the reason
-	default:
-		c.setEnd("error")
-		c.log.Warn("session read failed", "err", err)
-	}
-	return n, io.EOF
-}
-
-// peekOffer reads ahead, without consuming anything, the MTA's first
-// packet, and keeps the protocol steps it offers if it is the option
-// negotiation (length, 'O', version, actions, protocol). go-milter
-// answers with the milter's wishes whatever the MTA offered, and an MTA
-// such as Sendmail gives up on a milter that asks for more than it
-// offered; Write trims the answer to the offer.
-func (c *conn) peekOffer() {
-	c.peeked = true
-	hdr, err := c.r.Peek(4)
-	if err != nil {
-		return
-	}
-	n := binary.BigEndian.Uint32(hdr)
-	if n < 13 || n > 64 {
-		return // not an option negotiation: go-milter deals with it
-	}
-	pkt, err := c.r.Peek(4 + int(n))
-	if err != nil || pkt[4] != 'O' {
-		return
-	}
-	c.offer, c.offerKnown = binary.BigEndian.Uint32(pkt[13:17]), true
-}
-
-// agree trims go-milter's option negotiation reply p to the MTA's offer
-// and records what was agreed. It returns the packet to send.
-func (c *conn) agree(p []byte) []byte {
-	proto := binary.BigEndian.Uint32(p[13:17])
-	if c.offerKnown {
-		proto &= c.offer
-	} else {
-		// No offer read: assume the MTA waits for every reply.
-		proto &^= uint32(noReplyFlags)
-	}
-	c.proto, c.agreed = gomilter.OptProtocol(proto), true
-	q := append([]byte(nil), p...)
-	binary.BigEndian.PutUint32(q[13:17], proto)
-	return q
-}
-
-// noReplyFlags are the SMFIP_NR_* bits: events the MTA does not wait on.
-const noReplyFlags = gomilter.OptNoHeaderReply | gomilter.OptNoConnReply | gomilter.OptNoHeloReply |
-	gomilter.OptNoMailReply | gomilter.OptNoRcptReply | gomilter.OptNoDataReply | gomilter.OptNoUnknownReply |
-	gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
-
-// unanswered reports whether the MTA does not wait for a reply to the
-// packet it sent last (go-milter reads one packet, then answers it).
-func (c *conn) unanswered() bool {
-	c.mu.Lock()
-	cmd := c.fr.cmd
-	c.mu.Unlock()
-	switch cmd {
-	case 'C':
-		return c.noReply(gomilter.OptNoConnReply)
-	case 'M':
-		return c.noReply(gomilter.OptNoMailReply)
-	case 'L':
-		return c.noReply(gomilter.OptNoHeaderReply)
-	}
-	return false
-}
-
-// noReply reports whether the MTA does not wait for a reply to the event
-// that flag (an SMFIP_NR_* bit) names.
-func (c *conn) noReply(flag gomilter.OptProtocol) bool { return c.proto&flag != 0 }
-
 // noReplyEvents are the SMFIP_NR_* bits of a connection, for the log: a
-// slog.LogValuer, so the names are made only when the line is written (the
-// debug "connect" line costs no formatting at other levels) and a JSON log
-// gets the names, not the number.
+// slog.LogValuer, so the names are made only when the line is written and
+// a JSON log gets the names, not the number.
 type noReplyEvents gomilter.OptProtocol
 
 // LogValue is String as a log value.
@@ -435,7 +302,7 @@ func (e noReplyEvents) LogValue() slog.Value { return slog.StringValue(e.String(
 // "connect+mail+header" with Postfix and Sendmail, "none" with an MTA that
 // did not offer it.
 func (e noReplyEvents) String() string {
-	var names []string
+	var names []byte
 	for _, ev := range []struct {
 		flag gomilter.OptProtocol
 		name string
@@ -447,176 +314,14 @@ func (e noReplyEvents) String() string {
 		{gomilter.OptNoBodyReply, "body"},
 	} {
 		if gomilter.OptProtocol(e)&ev.flag != 0 {
-			names = append(names, ev.name)
+			if len(names) > 0 {
+				names = append(names, '+')
+			}
+			names = append(names, ev.name...)
 		}
 	}
 	if len(names) == 0 {
 		return "none"
 	}
-	return strings.Join(names, "+")
-}
-
-// isModification reports whether a milter packet code is a message
-// modification (sent before the end-of-message reply, no answer).
-func isModification(code byte) bool {
-	switch code {
-	case '+', '-', '2', 'b', 'e', 'h', 'i', 'm', 'q':
-		return true
-	}
-	return false
-}
-
-const maxHeldBytes = 64 << 10
-
-func (c *conn) Write(p []byte) (int, error) {
-	n := len(p)
-	if len(p) >= 17 && p[4] == 'O' && !c.agreed {
-		p = c.agree(p)
-	}
-	// A reply to an event the MTA does not wait on would be read as the
-	// answer to its next question, and every answer after it would be
-	// one step late. The session sends none, but go-milter answers
-	// "continue" by itself to a header packet it cannot split into a
-	// name and a value (a NUL inside a header): drop such a reply.
-	if len(p) >= 5 && !isModification(p[4]) && c.unanswered() {
-		return n, nil
-	}
-	// go-milter writes each packet with one Write; a whole packet of
-	// modification is held back for the reply that follows it.
-	if len(p) >= 5 && int(binary.BigEndian.Uint32(p)) == len(p)-4 && isModification(p[4]) &&
-		len(c.wbuf)+len(p) <= maxHeldBytes {
-		c.wbuf = append(c.wbuf, p...)
-		return n, nil
-	}
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	var err error
-	if len(c.wbuf) > 0 {
-		c.wbuf = append(c.wbuf, p...)
-		_, err = c.Conn.Write(c.wbuf)
-		c.wbuf = c.wbuf[:0]
-	} else {
-		_, err = c.Conn.Write(p)
-	}
-	if err != nil {
-		c.setEnd("error")
-		return 0, err
-	}
-	c.mu.Lock()
-	closeNow := c.closeAfter && !c.inMessage
-	c.mu.Unlock()
-	if closeNow {
-		c.setEnd("shutdown")
-		c.shut()
-	}
-	return n, nil
-}
-
-// shut closes the connection once. go-milter's session then fails its
-// next read or write and ends, calling Close.
-func (c *conn) shut() error {
-	var err error
-	c.shutOnce.Do(func() { err = c.Conn.Close() })
-	return err
-}
-
-// Close is called by go-milter, and only by go-milter, when the session
-// ends: its session loop always defers it. The server forgets the
-// connection then. Everything else closes the connection with shut.
-func (c *conn) Close() error {
-	err := c.shut()
-	c.endOnce.Do(func() { c.srv.sessionEnded(c) })
-	return err
-}
-
-// beginMessage and endMessage bracket a transaction, for the drain.
-func (c *conn) beginMessage() {
-	c.mu.Lock()
-	c.inMessage = true
-	c.mu.Unlock()
-}
-
-func (c *conn) endMessage(replied bool) {
-	c.mu.Lock()
-	c.inMessage = false
-	closeNow := c.draining && !replied
-	if c.draining && replied {
-		c.closeAfter = true
-	}
-	c.mu.Unlock()
-	if closeNow {
-		c.setEnd("shutdown")
-		c.shut()
-	}
-}
-
-// drain closes the connection now if it is between messages, or after the
-// reply that ends its message.
-func (c *conn) drain() {
-	c.mu.Lock()
-	c.draining = true
-	idle := !c.inMessage
-	c.mu.Unlock()
-	if idle {
-		c.setEnd("shutdown")
-		c.shut()
-	}
-}
-
-func (c *conn) setEnd(how string) {
-	c.mu.Lock()
-	if c.end == "" {
-		c.end = how
-	}
-	c.mu.Unlock()
-}
-
-func (c *conn) endReason() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.end == "" {
-		// go-milter closed the connection: after a QUIT, or because it
-		// gave up on the session (a malformed, oversized or unknown
-		// packet, a callback that failed or panicked).
-		if c.fr.quit() {
-			return "quit"
-		}
-		return "error"
-	}
-	return c.end
-}
-
-// oneConnListener hands one connection to a go-milter Server, then says it
-// is closed, so that Serve returns as soon as the session has started: a
-// connection costs one goroutine, the session's, not two.
-type oneConnListener struct {
-	c     *conn
-	given bool
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	if !l.given {
-		l.given = true
-		return l.c, nil
-	}
-	return nil, net.ErrClosed
-}
-
-func (l *oneConnListener) Close() error   { return nil }
-func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
-
-// RedirectGoMilterLog sends go-milter's messages, which it writes with the
-// standard log package, to logger at warning level.
-func RedirectGoMilterLog(logger *slog.Logger) io.Writer {
-	return logWriter{logger}
-}
-
-type logWriter struct{ l *slog.Logger }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	msg := string(p)
-	for len(msg) > 0 && (msg[len(msg)-1] == '\n') {
-		msg = msg[:len(msg)-1]
-	}
-	w.l.Warn("go-milter: "+msg, "component", "go-milter")
-	return len(p), nil
+	return string(names)
 }

@@ -1,32 +1,31 @@
 package milter
 
 import (
-	"encoding/binary"
+	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"net/textproto"
+	"runtime/debug"
 	"strings"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
 	"github.com/batv/batv/policy"
 )
 
-// session is go-milter's Milter for one connection. It collects the facts
-// of a transaction, asks the Policy at MAIL, RCPT and end of message, and
-// applies the decisions at end of message, the only time the protocol
-// allows modifications. It never answers anything but continue (or a
-// reply code for one recipient), because go-milter replaces the Milter
-// object, and so forgets the transaction, after any other answer.
+// session is the go-milter Milter of one MTA connection. It collects the
+// facts of each transaction, asks the policy at MAIL, RCPT and the end of
+// the message, and applies the decisions at the end of the message, the
+// only time the protocol allows changes.
 type session struct {
-	c *conn
+	srv    *Server
+	conn   *conn
+	client policy.Client
 
-	policy    *policy.Policy
+	policy    *policy.Policy // the policy in force at MAIL; nil outside a transaction
 	trx       policy.Transaction
 	sender    string
-	outbound  policy.Origin // why the message is ours to sign
+	origin    policy.Origin
 	queueID   string
 	rcpts     []rcptState
 	bounces   int      // recipients in protected domains of a null-sender message
@@ -42,172 +41,167 @@ type rcptState struct {
 
 var _ gomilter.Milter = (*session)(nil)
 
-func (s *session) srv() *Server { return s.c.srv }
+func (s *session) NewConnection(gomilter.Modifier) error { return nil }
 
-func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (gomilter.Response, error) {
-	f := policy.Client{DaemonName: m.Macros["{daemon_name}"]}
-	if a, ok := netip.AddrFromSlice(addr); ok {
-		f.Addr = a.Unmap()
+func (s *session) Connect(host, family string, port uint16, addr string, m gomilter.Modifier) (_ *gomilter.Response, err error) {
+	defer s.recover(&err)
+	s.client = policy.Client{DaemonName: m.Get(gomilter.MacroDaemonName)}
+	if a, perr := netip.ParseAddr(addr); perr == nil {
+		s.client.Addr = a.Unmap()
 	}
 	// Mail submitted on the MTA host has no client: Postfix's
 	// non_smtpd_milters see an emulated connection from localhost,
 	// 127.0.0.1, port 0; Sendmail reports family "unix" or "unknown".
-	f.Local = family == "unix" || family == "unknown" || family == "" || port == 0
-	s.c.facts = f
-	s.log().Debug("connect", "client", host, "family", family, "addr", f.Addr, "port", port,
-		"daemon_name", f.DaemonName, "local", f.Local, "no_reply", noReplyEvents(s.c.proto))
-	return s.cont(gomilter.OptNoConnReply), nil
-}
-
-// cont is the reply "continue" to an event, or no reply at all when the
-// MTA agreed not to wait for one (flag, an SMFIP_NR_* bit): go-milter
-// sends nothing for a nil response.
-func (s *session) cont(flag gomilter.OptProtocol) gomilter.Response {
-	if s.c.noReply(flag) {
-		return nil
-	}
-	return gomilter.RespContinue
-}
-
-func (s *session) Helo(string, *gomilter.Modifier) (gomilter.Response, error) {
+	s.client.Local = family == "unix" || family == "unknown" || family == "" || port == 0
+	s.log().Debug("connect", "client", host, "family", family, "addr", s.client.Addr, "port", port,
+		"daemon_name", s.client.DaemonName, "local", s.client.Local, "no_reply", noReplyEvents(m.Protocol()))
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response, error) {
-	s.reset()
-	s.c.beginMessage()
-	s.policy = s.srv().Policy()
-	s.sender = from
-	s.queueID = m.Macros["i"]
-	s.c.facts.AuthUser = m.Macros["{auth_authen}"]
-	s.trx = s.policy.Begin(s.c.facts, from)
-	if s.srv().Roles&Outbound != 0 {
-		s.outbound = s.policy.Origin(s.c.facts)
-		if s.outbound == policy.NotOurs {
-			s.log().Debug("not ours to sign", "direction", "outbound", "sender", from,
-				"client", s.c.facts.Addr, "daemon_name", s.c.facts.DaemonName)
-		}
-	}
-	return s.cont(gomilter.OptNoMailReply), nil
+func (s *session) Helo(string, gomilter.Modifier) (*gomilter.Response, error) {
+	return gomilter.RespContinue, nil
 }
 
-func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) MailFrom(from, _ string, m gomilter.Modifier) (_ *gomilter.Response, err error) {
+	defer s.recover(&err)
+	s.reset()
+	s.conn.Busy(true)
+	s.policy = s.srv.Policy()
+	s.sender = from
+	s.queueID = m.Get(gomilter.MacroQueueId)
+	s.client.AuthUser = m.Get(gomilter.MacroAuthAuthen)
+	s.trx = s.policy.Begin(s.client, from)
+	if s.srv.Roles&Outbound != 0 {
+		s.origin = s.policy.Origin(s.client)
+		if s.origin == policy.NotOurs {
+			s.log().Debug("not ours to sign", "direction", "outbound", "sender", from,
+				"client", s.client.Addr, "daemon_name", s.client.DaemonName)
+		}
+	}
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) RcptTo(rcpt, _ string, m gomilter.Modifier) (_ *gomilter.Response, err error) {
+	defer s.recover(&err)
 	if s.policy == nil { // RCPT without MAIL: a broken MTA
 		return gomilter.RespContinue, nil
 	}
 	if s.queueID == "" {
-		s.queueID = m.Macros["i"]
+		s.queueID = m.Get(gomilter.MacroQueueId)
 	}
 	st := rcptState{addr: rcpt, d: policy.Decision{Action: policy.ActPass, KeyID: -1}}
-	if s.srv().Roles&Inbound != 0 {
+	if s.srv.Roles&Inbound != 0 {
 		start := time.Now()
-		st.d = s.trx.Recipient(rcpt, s.srv().now())
-		s.srv().Metrics.Decision("inbound", time.Since(start).Seconds())
+		st.d = s.trx.Recipient(rcpt, s.srv.now())
+		s.srv.Metrics.Decision("inbound", time.Since(start).Seconds())
 		if st.d.Protected {
-			s.srv().Metrics.Recipient(st.d)
-			if s.sender == "" {
+			s.srv.Metrics.Recipient(st.d)
+			if s.trx.Bounce() {
 				s.bounces++
 			}
 			s.logRecipient(rcpt, st.d)
 		}
 	}
 	s.rcpts = append(s.rcpts, st)
-	if st.d.Reply != "" {
+	if r := st.d.RcptReply(); r.Refuses() {
 		// A reply code refuses this recipient only; the transaction and
 		// its other recipients go on.
-		return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), st.d.Reply), nil
+		return gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Text)
 	}
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) Header(name, _ string, _ *gomilter.Modifier) (gomilter.Response, error) {
+// Data refuses a bounce whose untagged recipients were accepted at RCPT,
+// so that address verification callouts succeed, and are refused now,
+// before the message is sent.
+func (s *session) Data(m gomilter.Modifier) (_ *gomilter.Response, err error) {
+	defer s.recover(&err)
+	if s.policy == nil || s.srv.Roles&Inbound == 0 {
+		return gomilter.RespContinue, nil
+	}
+	r, refused := s.trx.Data()
+	if !refused {
+		return gomilter.RespContinue, nil
+	}
+	if id := m.Get(gomilter.MacroQueueId); id != "" {
+		s.queueID = id
+	}
+	s.srv.Metrics.DataRefusal()
+	s.log().Info("bounce refused at DATA", "queue_id", s.queueID, "direction", "inbound", "reply", r.String(),
+		"recipients", len(s.rcpts), "client", s.client.Addr)
+	return gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Text)
+}
+
+func (s *session) Header(name, _ string, _ gomilter.Modifier) (*gomilter.Response, error) {
 	if s.policy != nil && strings.EqualFold(name, s.policy.StatusHeader()) {
 		s.forged++
 	}
-	return s.cont(gomilter.OptNoHeaderReply), nil
-}
-
-func (s *session) Headers(textproto.MIMEHeader, *gomilter.Modifier) (gomilter.Response, error) {
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) BodyChunk([]byte, *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) Headers(gomilter.Modifier) (*gomilter.Response, error) {
 	return gomilter.RespContinue, nil
 }
 
-// Body is the end of the message: apply what was decided.
-func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
-	defer s.c.endMessage(true)
+func (s *session) BodyChunk([]byte, gomilter.Modifier) (*gomilter.Response, error) {
+	return gomilter.RespContinue, nil
+}
+
+// EndOfMessage applies what was decided.
+func (s *session) EndOfMessage(m gomilter.Modifier) (_ *gomilter.Response, err error) {
+	defer s.recover(&err)
+	defer s.conn.Busy(false)
 	defer s.reset()
 	if s.policy == nil {
 		return gomilter.RespContinue, nil
 	}
-	if id := m.Macros["i"]; id != "" {
+	if id := m.Get(gomilter.MacroQueueId); id != "" {
 		s.queueID = id
 	}
-	if err := s.applyInbound(); err != nil {
+	if err := s.applyInbound(m); err != nil {
 		return nil, err
 	}
-	return s.applyOutbound()
+	return s.applyOutbound(m)
 }
 
-// Modifications are written by the session itself rather than with
-// go-milter's Modifier, which allocates a 4 KiB buffer and a formatted
-// string per packet: they go into the connection's held-back buffer and
-// out with the reply (conn.Write), in the same bytes go-milter would send.
-
-func (s *session) applyInbound() error {
-	if s.srv().Roles&Inbound == 0 {
+func (s *session) applyInbound(m gomilter.Modifier) error {
+	if s.srv.Roles&Inbound == 0 {
 		return nil
 	}
 	if s.bounces > 1 {
-		s.srv().Metrics.MultipleRecipients()
+		s.srv.Metrics.MultipleRecipients()
 		s.log().Info("bounce with several protected recipients", "queue_id", s.queueID, "recipients", s.bounces)
 	}
 	name := s.policy.StatusHeader()
 	// Delete from the last occurrence, so the indexes of the others hold.
-	c := s.c
 	for i := s.forged; i >= 1; i-- {
-		c.modStart(modChangeHeader)
-		c.modUint32(uint32(i))
-		c.modString(name)
-		c.modString("")
-		if err := c.modSend(); err != nil {
+		if err := m.ChangeHeader(i, name, ""); err != nil {
 			return err
 		}
 	}
 	added := map[string]bool{}
 	for _, r := range s.rcpts {
 		d := r.d
-		if d.Rewrite != "" && d.Rewrite != r.addr && d.Reply == "" {
+		if d.Rewrite != "" && !d.Reply.Refuses() {
 			// Postfix matches DELRCPT exactly: delete the address as
 			// received.
-			c.modStart(modDelRcpt)
-			c.modString("<", r.addr, ">")
-			if err := c.modSend(); err != nil {
+			if err := m.DeleteRecipient(r.addr); err != nil {
 				return err
 			}
 			if !added[d.Rewrite] {
 				added[d.Rewrite] = true
-				c.modStart(modAddRcpt)
-				c.modString("<", d.Rewrite, ">")
-				if err := c.modSend(); err != nil {
+				if err := m.AddRecipient(d.Rewrite, ""); err != nil {
 					return err
 				}
 			}
 		}
 		if d.Mark != "" {
-			c.modStart(modAddHeader)
-			c.modString(name)
-			c.modString(d.Mark)
-			if err := c.modSend(); err != nil {
+			if err := m.AddHeader(name, d.Mark); err != nil {
 				return err
 			}
 		}
 		if d.Action == policy.ActQuarantine {
-			c.modStart(modQuarantine)
-			c.modString("BATV: untagged bounce to <", r.addr, ">")
-			if err := c.modSend(); err != nil {
+			if err := m.Quarantine("BATV: untagged bounce to <" + r.addr + ">"); err != nil {
 				return err
 			}
 		}
@@ -215,56 +209,77 @@ func (s *session) applyInbound() error {
 	return nil
 }
 
-func (s *session) applyOutbound() (gomilter.Response, error) {
-	if s.outbound == policy.NotOurs {
+func (s *session) applyOutbound(m gomilter.Modifier) (*gomilter.Response, error) {
+	if s.origin == policy.NotOurs {
 		return gomilter.RespContinue, nil
 	}
 	rcpts := s.signRcpts[:0]
 	for _, r := range s.rcpts {
-		if r.d.Reply == "" {
+		if !r.d.RcptReply().Refuses() {
 			rcpts = append(rcpts, r.addr)
 		}
 	}
 	s.signRcpts = rcpts
 	start := time.Now()
-	res := s.policy.Sign(s.sender, rcpts, s.srv().now())
-	s.srv().Metrics.Decision("outbound", time.Since(start).Seconds())
+	res := s.policy.Sign(s.sender, rcpts, s.srv.now())
+	s.srv.Metrics.Decision("outbound", time.Since(start).Seconds())
 	if res.Address == "" {
-		s.srv().Metrics.Signed(res.Skip)
+		s.srv.Metrics.Signed(res.Skip)
 		if res.Skip == policy.SkipError {
 			s.log().Error("signing failed", "queue_id", s.queueID, "direction", "outbound",
 				"sender", s.sender, "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
 			if s.policy.TempfailOnSignError() {
-				return gomilter.NewResponseStr(byte(gomilter.ActReplyCode), "451 4.3.0 Temporary failure signing the sender address (BATV)"), nil
+				return gomilter.RejectWithCodeAndReason(451, "4.3.0 Temporary failure signing the sender address (BATV)")
 			}
 			return gomilter.RespContinue, nil
 		}
 		s.log().Info("not signed", "queue_id", s.queueID, "direction", "outbound",
-			"outcome", "skipped", "reason", res.Skip.String(), "sender", s.sender, "why_ours", s.outbound.String())
+			"outcome", "skipped", "reason", res.Skip.String(), "sender", s.sender, "why_ours", s.origin.String())
 		return gomilter.RespContinue, nil
 	}
-	s.c.modStart(modChangeFrom)
-	s.c.modString("<", res.Address, ">")
-	if err := s.c.modSend(); err != nil {
+	if err := m.ChangeFrom(res.Address, ""); err != nil {
 		return nil, err
 	}
-	s.srv().Metrics.Signed(policy.NotSkipped)
+	s.srv.Metrics.Signed(policy.NotSkipped)
 	s.log().Info("signed", "queue_id", s.queueID, "direction", "outbound", "outcome", "signed",
-		"reason", s.outbound.String(), "key_id", res.KeyID, "sender", s.sender, "tagged", res.Address)
+		"reason", s.origin.String(), "key_id", res.KeyID, "sender", s.sender, "tagged", res.Address)
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) Abort(*gomilter.Modifier) error {
+func (s *session) Abort(gomilter.Modifier) error {
 	s.reset()
-	s.c.endMessage(false)
+	s.conn.Busy(false)
 	return nil
 }
 
+func (s *session) Unknown(string, gomilter.Modifier) (*gomilter.Response, error) {
+	return gomilter.RespContinue, nil
+}
+
+// Cleanup is the end of the session: go-milter has closed the connection.
+// A session that ends inside a transaction leaves its message to the
+// MTA's milter default action.
+func (s *session) Cleanup(gomilter.Modifier) {
+	if s.policy != nil {
+		s.log().Info("session ended in the middle of a message", "queue_id", s.queueID, "sender", s.sender, "recipients", len(s.rcpts))
+	}
+}
+
 func (s *session) reset() {
-	s.policy, s.sender, s.outbound, s.queueID = nil, "", policy.NotOurs, ""
+	s.policy, s.sender, s.origin, s.queueID = nil, "", policy.NotOurs, ""
 	s.trx = policy.Transaction{}
 	s.rcpts = s.rcpts[:0]
 	s.bounces, s.forged = 0, 0
+}
+
+// recover turns a panic in a callback into an error that ends this
+// session only; go-milter would let it end the process.
+func (s *session) recover(err *error) {
+	if v := recover(); v != nil {
+		s.conn.SetEnd("error")
+		s.log().Error("session ended: a callback panicked", "panic", v, "stack", string(debug.Stack()))
+		*err = fmt.Errorf("milter: callback panicked: %v", v)
+	}
 }
 
 func (s *session) logRecipient(rcpt string, d policy.Decision) {
@@ -273,68 +288,31 @@ func (s *session) logRecipient(rcpt string, d policy.Decision) {
 	if d.KeyID >= 0 {
 		attrs = append(attrs, "key_id", d.KeyID)
 	}
+	if d.AtData {
+		attrs = append(attrs, "stage", "data")
+	}
+	if d.Mailbox != "" {
+		attrs = append(attrs, "mailbox", d.Mailbox)
+	}
 	if d.Rewrite != "" {
 		attrs = append(attrs, "untagged", d.Rewrite)
 	}
-	if s.sender == "" {
-		attrs = append(attrs, "sender", "<>")
-	} else {
-		attrs = append(attrs, "sender", s.sender)
-	}
+	attrs = append(attrs, "sender", senderWord(s.sender), "bounce", s.trx.Bounce())
 	// The client, to match the line with Postfix's own (NOQUEUE: reject:
 	// RCPT from host[addr]) when there is no queue id yet.
-	if s.c.facts.Addr.IsValid() {
-		attrs = append(attrs, "client", s.c.facts.Addr)
+	if s.client.Addr.IsValid() {
+		attrs = append(attrs, "client", s.client.Addr)
 	}
 	s.log().Info("recipient", attrs...)
 }
 
-func (s *session) log() *slog.Logger { return s.c.log }
+func (s *session) log() *slog.Logger { return s.conn.Log() }
 
-// Modification packets (SMFIR_*).
-const (
-	modAddRcpt      = '+'
-	modDelRcpt      = '-'
-	modChangeFrom   = 'e'
-	modAddHeader    = 'h'
-	modChangeHeader = 'm'
-	modQuarantine   = 'q'
-)
-
-// modStart begins a modification packet in the connection's scratch
-// buffer.
-func (c *conn) modStart(code byte) {
-	c.mbuf = append(c.mbuf[:0], 0, 0, 0, 0, code)
-}
-
-// modUint32 appends a network-order integer (a header index).
-func (c *conn) modUint32(v uint32) {
-	c.mbuf = binary.BigEndian.AppendUint32(c.mbuf, v)
-}
-
-// modString appends the concatenation of parts as one NUL-terminated
-// string, with CRLF turned into LF as go-milter does for header values
-// (Postfix wants LF).
-func (c *conn) modString(parts ...string) {
-	for _, p := range parts {
-		if strings.IndexByte(p, '\r') < 0 {
-			c.mbuf = append(c.mbuf, p...)
-			continue
-		}
-		for i := 0; i < len(p); i++ {
-			if p[i] == '\r' && i+1 < len(p) && p[i+1] == '\n' {
-				continue
-			}
-			c.mbuf = append(c.mbuf, p[i])
-		}
+// senderWord is the envelope sender for the log: "<>" for the null
+// sender, the address as received otherwise.
+func senderWord(sender string) string {
+	if sender == "" {
+		return "<>"
 	}
-	c.mbuf = append(c.mbuf, 0)
-}
-
-// modSend frames the packet and writes it, which holds it back until the
-// reply that ends the message.
-func (c *conn) modSend() error {
-	binary.BigEndian.PutUint32(c.mbuf, uint32(len(c.mbuf)-4))
-	_, err := c.Write(c.mbuf)
-	return err
+	return sender
 }

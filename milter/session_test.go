@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,12 +17,14 @@ import (
 	"github.com/batv/batv/policy"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
+	"github.com/batv/batv/internal/serve"
+	gomilter "github.com/d--j/go-milter"
 )
 
 // testServer serves the milter with roles and the test policy on a unix
-// socket and returns the server and the socket path.
-func testServer(t testing.TB, roles Roles, mod func(*policy.Config), tweak func(*Server)) (*Server, string) {
+// socket and returns the listener and the socket path.
+func testServer(t testing.TB, roles Roles, mod func(*policy.Config), tweak func(*Server, *serve.Options)) (*serve.Listener, string) {
 	t.Helper()
 	p := testPolicy(t, mod)
 	dir, err := os.MkdirTemp("", "batv-milter")
@@ -36,59 +37,105 @@ func testServer(t testing.TB, roles Roles, mod func(*policy.Config), tweak func(
 	if err != nil {
 		t.Fatal(err)
 	}
+	tl := &testLog{t: t}
+	log := slog.New(slog.NewTextHandler(tl, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server log:\n%s", tl.String())
+		}
+	})
 	srv := &Server{Name: "test", Roles: roles, Policy: func() *policy.Policy { return p },
-		Now: func() time.Time { return testNow }, Logger: slog.New(slog.NewTextHandler(&testLog{t: t}, nil))}
+		Now: func() time.Time { return testNow }, Logger: log}
+	opts := serve.Options{Name: "test", Logger: log}
 	if tweak != nil {
-		tweak(srv)
+		tweak(srv, &opts)
 	}
+	l := serve.New(ln, opts)
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	go func() { done <- srv.Serve(l) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx)
-		if err := <-done; !errors.Is(err, ErrServerClosed) {
+		l.Shutdown(ctx)
+		if err := <-done; !errors.Is(err, serve.ErrClosed) {
 			t.Errorf("Serve returned %v", err)
 		}
 	})
-	return srv, path
+	return l, path
 }
 
 // testLog sends the server's log lines to the test log and keeps them.
 type testLog struct {
-	t  testing.TB
-	mu sync.Mutex
-	b  bytes.Buffer
+	t     testing.TB
+	mu    sync.Mutex
+	b     bytes.Buffer
+	lines []string // the complete lines written so far
+	part  []byte   // the last line, while incomplete
+	// counted caches count: for each query, the lines it has looked at
+	// and how many matched.
+	counted map[string][2]int
 }
 
 func (l *testLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.b.Write(p)
+	l.part = append(l.part, p...)
+	for {
+		i := bytes.IndexByte(l.part, '\n')
+		if i < 0 {
+			break
+		}
+		l.lines = append(l.lines, string(l.part[:i]))
+		l.part = l.part[i+1:]
+	}
 	return len(p), nil
 }
 
-// dial connects like Postfix from client addr with daemon name.
-func dial(t *testing.T, path, addr, daemon string) *mtaclient.Conn {
+func (l *testLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// count returns the number of log lines that contain every one of subs,
+// looking only at the lines written since the last count of the same
+// query (a busy server writes many).
+func (l *testLog) count(subs ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key := strings.Join(subs, "\x00")
+	c := l.counted[key]
+	for _, line := range l.lines[c[0]:] {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			c[1]++
+		}
+	}
+	c[0] = len(l.lines)
+	if l.counted == nil {
+		l.counted = map[string][2]int{}
+	}
+	l.counted[key] = c
+	return c[1]
+}
+
+// dial connects like Postfix from client addr ("" for a local client)
+// with daemon name.
+func dial(t *testing.T, path, addr, daemon string) *mta.Session {
 	t.Helper()
-	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: path, Timeout: 5 * time.Second})
+	c, err := mta.New("unix", path, 5*time.Second).Session(mta.SMTPClient{Addr: addr, Port: 25000, Daemon: daemon})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	family := byte('4')
-	if addr == "" {
-		family = 'L'
-	}
-	r, err := c.Connect("client.example.org", family, 25000, addr, mtaclient.StockMacros(mtaclient.StageConnect,
-		mtaclient.PostfixInfo{DaemonName: daemon, ClientAddr: addr}))
-	if err != nil || !r.Continue() {
-		t.Fatalf("connect: %v %v", r, err)
-	}
 	return c
 }
 
-func send(t *testing.T, c *mtaclient.Conn, msg *mtaclient.Message) *mtaclient.Result {
+func send(t *testing.T, c *mta.Session, msg *mta.Message) *mta.Result {
 	t.Helper()
 	res, err := c.Send(msg)
 	if err != nil {
@@ -97,22 +144,24 @@ func send(t *testing.T, c *mtaclient.Conn, msg *mtaclient.Message) *mtaclient.Re
 	return res
 }
 
-// mods lists the modifications of a result compactly: "DELRCPT <a>;
-// ADDRCPT <b>; CHGHEADER 1 Name=value; ADDHEADER Name=value; CHGFROM <c>".
-func mods(res *mtaclient.Result) string {
+// mods lists the changes of a result compactly: "DELRCPT <a>; ADDRCPT
+// <b>; CHGHEADER 1 Name=value; ADDHEADER Name=value; CHGFROM <c>".
+func mods(res *mta.Result) string {
 	var s []string
-	for _, m := range res.Modifications {
-		switch m := m.(type) {
-		case *mtaclient.ChangeFrom:
-			s = append(s, "CHGFROM "+m.Addr)
-		case *mtaclient.AddRcpt:
-			s = append(s, "ADDRCPT "+m.Addr)
-		case *mtaclient.DelRcpt:
-			s = append(s, "DELRCPT "+m.Addr)
-		case *mtaclient.ChangeHeader:
-			s = append(s, fmt.Sprintf("CHGHEADER %d %s=%s", m.Index, m.Name, m.Value))
-		case *mtaclient.AddHeader:
-			s = append(s, "ADDHEADER "+m.Name+"="+m.Value)
+	for _, m := range res.Changes {
+		switch m.Type {
+		case gomilter.ActionChangeFrom:
+			s = append(s, "CHGFROM "+m.From)
+		case gomilter.ActionAddRcpt:
+			s = append(s, "ADDRCPT "+m.Rcpt)
+		case gomilter.ActionDelRcpt:
+			s = append(s, "DELRCPT "+m.Rcpt)
+		case gomilter.ActionChangeHeader:
+			s = append(s, fmt.Sprintf("CHGHEADER %d %s=%s", m.HeaderIndex, m.HeaderName, m.HeaderValue))
+		case gomilter.ActionAddHeader:
+			s = append(s, "ADDHEADER "+m.HeaderName+"="+m.HeaderValue)
+		case gomilter.ActionQuarantine:
+			s = append(s, "QUARANTINE "+m.Reason)
 		default:
 			s = append(s, m.String())
 		}
@@ -120,30 +169,34 @@ func mods(res *mtaclient.Result) string {
 	return strings.Join(s, "; ")
 }
 
+// delivered reports whether the message reached the end and was accepted.
+func delivered(res *mta.Result) bool {
+	return res.End != nil && (res.End.Type == gomilter.ActionAccept || res.End.Type == gomilter.ActionContinue)
+}
+
+// continued reports whether a recipient was accepted.
+func continued(a *gomilter.Action) bool { return a != nil && a.Type == gomilter.ActionContinue }
+
 func TestOutboundSignsAuthenticatedMail(t *testing.T) {
 	_, path := testServer(t, Outbound|Inbound, nil, nil)
 	c := dial(t, path, "203.0.113.5", "submission")
-	res := send(t, c, &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
+	res := send(t, c, &mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
 		AuthUser: "alice", QueueID: "4ABC"})
-	if !res.Delivered() || len(res.Modifications) != 1 {
-		t.Fatalf("result %v, modifications %s", res.Reply, mods(res))
-	}
-	cf, ok := res.Modifications[0].(*mtaclient.ChangeFrom)
-	if !ok {
-		t.Fatalf("modification %s is not CHGFROM", mods(res))
+	if !delivered(res) || len(res.Changes) != 1 || res.SignedSender() == "" {
+		t.Fatalf("result %v, changes %s", res.End, mods(res))
 	}
 	v := batv.Verifier{Keys: testKeys, Now: func() time.Time { return testNow }, Strict: true}
-	r, _ := v.Verify(strings.Trim(cf.Addr, "<>"))
+	r, _ := v.Verify(res.SignedSender())
 	if r.Status != batv.Valid || r.Untagged() != "alice@example.com" {
-		t.Fatalf("CHGFROM %q verifies as %v", cf.Addr, r.Status)
+		t.Fatalf("CHGFROM %q verifies as %v", res.SignedSender(), r.Status)
 	}
 
 	// The next message on the same connection from an unauthenticated
 	// outsider is not signed: the decision is per message, from MAIL.
 	c2 := dial(t, path, "203.0.113.5", "smtpd")
-	res = send(t, c2, &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"}})
-	if !res.Delivered() || len(res.Modifications) != 0 {
-		t.Fatalf("outsider: %v %s", res.Reply, mods(res))
+	res = send(t, c2, &mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"}})
+	if !delivered(res) || len(res.Changes) != 0 {
+		t.Fatalf("outsider: %v %s", res.End, mods(res))
 	}
 }
 
@@ -160,9 +213,9 @@ func TestOutboundLocalSubmissionAndSkips(t *testing.T) {
 		{"", []string{"bob@example.org"}, false},                  // null sender
 		{"alice@example.com", []string{"bob@example.org", "list@lists.example.org"}, false},
 	} {
-		res := send(t, c, &mtaclient.Message{Sender: tt.sender, Recipients: tt.rcpts})
-		if !res.Delivered() || (len(res.Modifications) == 1) != tt.signed {
-			t.Errorf("%q -> %v: %v %s", tt.sender, tt.rcpts, res.Reply, mods(res))
+		res := send(t, c, &mta.Message{Sender: tt.sender, Recipients: tt.rcpts})
+		if !delivered(res) || (len(res.Changes) == 1) != tt.signed {
+			t.Errorf("%q -> %v: %v %s", tt.sender, tt.rcpts, res.End, mods(res))
 		}
 	}
 }
@@ -171,21 +224,21 @@ func TestInboundMultiRecipientBounce(t *testing.T) {
 	_, path := testServer(t, Inbound, nil, nil)
 	valid := tag(t, "user@example.com", 1)
 	c := dial(t, path, "192.0.2.25", "smtpd")
-	res := send(t, c, &mtaclient.Message{
+	res := send(t, c, &mta.Message{
 		Sender:     "",
 		Recipients: []string{forge(tag(t, "other@example.com", 1)), valid, "someone@example.org"},
-		Headers:    []mtaclient.Header{{Name: "From", Value: "MAILER-DAEMON@example.org"}, {Name: "Subject", Value: "Undelivered Mail"}},
+		Headers:    []mta.Header{{Name: "From", Value: "MAILER-DAEMON@example.org"}, {Name: "Subject", Value: "Undelivered Mail"}},
 		Body:       []byte("bounce\r\n"),
 		QueueID:    "5DEF",
 	})
-	if !res.Rcpts[0].Rejected() || res.Rcpts[0].SMTPCode() != 550 || !strings.Contains(res.Rcpts[0].Text, "5.7.1 Bounce refused") {
+	if !mta.Refused(res.Rcpts[0]) || res.Rcpts[0].SMTPCode != 550 || !strings.Contains(res.Rcpts[0].SMTPReply, "5.7.1 Bounce refused") {
 		t.Fatalf("forged recipient: %v", res.Rcpts[0])
 	}
-	if !res.Rcpts[1].Continue() || !res.Rcpts[2].Continue() {
+	if !continued(res.Rcpts[1]) || !continued(res.Rcpts[2]) {
 		t.Fatalf("other recipients: %v %v", res.Rcpts[1], res.Rcpts[2])
 	}
 	want := "DELRCPT <" + valid + ">; ADDRCPT <user@example.com>"
-	if !res.Delivered() || mods(res) != want {
+	if !delivered(res) || mods(res) != want {
 		t.Fatalf("modifications %q, want %q", mods(res), want)
 	}
 }
@@ -193,40 +246,42 @@ func TestInboundMultiRecipientBounce(t *testing.T) {
 func TestInboundUntaggedBounceAndAbort(t *testing.T) {
 	_, path := testServer(t, Inbound, nil, nil)
 	c := dial(t, path, "192.0.2.25", "smtpd")
-	res := send(t, c, &mtaclient.Message{Sender: "", Recipients: []string{"user@example.com"}})
-	if !res.Rcpts[0].Rejected() || !strings.HasPrefix(res.Rcpts[0].Text, "550 5.7.1") || res.Delivered() {
-		t.Fatalf("untagged bounce: %v / %v", res.Rcpts[0], res.Reply)
+	// Refused at DATA, not at RCPT, so that a callout succeeds.
+	res := send(t, c, &mta.Message{Sender: "", Recipients: []string{"user@example.com"}})
+	if !continued(res.Rcpts[0]) || !mta.Refused(res.Data) || !strings.HasPrefix(res.Data.SMTPReply, "550 5.7.1 Bounce refused") || res.End != nil {
+		t.Fatalf("untagged bounce:\n%s", res)
 	}
 	// A transaction aborted after its RCPT leaves nothing behind: the
 	// next message, not a bounce, gets no rewrite of the earlier tag.
 	valid := tag(t, "user@example.com", 1)
-	if r, err := c.Mail("", nil, nil); err != nil || !r.Continue() {
+	raw := c.Raw()
+	if r, err := raw.Mail("", ""); err != nil || !continued(r) {
 		t.Fatal(r, err)
 	}
-	if r, err := c.Rcpt(valid, nil, nil); err != nil || !r.Continue() {
+	if r, err := raw.Rcpt(valid, ""); err != nil || !continued(r) {
 		t.Fatal(r, err)
 	}
-	if err := c.Abort(); err != nil {
+	if err := raw.Abort(nil); err != nil {
 		t.Fatal(err)
 	}
-	res = send(t, c, &mtaclient.Message{Sender: "friend@example.org", Recipients: []string{"user@example.com"}})
-	if !res.Delivered() || len(res.Modifications) != 0 {
-		t.Fatalf("after abort: %v %s", res.Reply, mods(res))
+	res = send(t, c, &mta.Message{Sender: "friend@example.org", Recipients: []string{"user@example.com"}})
+	if !delivered(res) || len(res.Changes) != 0 {
+		t.Fatalf("after abort: %v %s", res.End, mods(res))
 	}
 	// postmaster takes untagged bounces.
-	res = send(t, c, &mtaclient.Message{Sender: "", Recipients: []string{"postmaster@example.com"}})
-	if !res.Delivered() || len(res.Modifications) != 0 {
-		t.Fatalf("postmaster: %v %s", res.Reply, mods(res))
+	res = send(t, c, &mta.Message{Sender: "", Recipients: []string{"postmaster@example.com"}})
+	if !delivered(res) || len(res.Changes) != 0 {
+		t.Fatalf("postmaster: %v %s", res.End, mods(res))
 	}
 }
 
 func TestInboundRemovesForgedStatusHeaders(t *testing.T) {
-	_, path := testServer(t, Inbound, nil, nil)
+	_, path := testServer(t, Inbound, func(c *policy.Config) { c.Verify.InvalidTagReply = "deliver-mark" }, nil)
 	c := dial(t, path, "192.0.2.25", "smtpd")
-	res := send(t, c, &mtaclient.Message{
+	res := send(t, c, &mta.Message{
 		Sender:     "someone@example.org",
 		Recipients: []string{forge(tag(t, "user@example.com", 1))},
-		Headers: []mtaclient.Header{{Name: "X-BATV-Status", Value: "valid"}, {Name: "Subject", Value: "hi"},
+		Headers: []mta.Header{{Name: "X-BATV-Status", Value: "valid"}, {Name: "Subject", Value: "hi"},
 			{Name: "x-batv-status", Value: "valid; rcpt=<user@example.com>"}},
 		Body: []byte("hello\r\n"),
 	})
@@ -253,104 +308,76 @@ func TestNegotiationSkipsUnneededStages(t *testing.T) {
 		{roles: Outbound | Inbound, chgfrom: true},
 	} {
 		_, path := testServer(t, tt.roles, tt.mod, nil)
-		c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: path})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := c.Negotiated()
-		c.Close()
-		const noHdrs, noRcpt, noBody, chgfrom = 0x20, 0x8, 0x10, 0x40
-		if (n.Protocol&noHdrs != 0) != tt.noHdrs || (n.Protocol&noRcpt != 0) != tt.noRcpt ||
-			n.Protocol&noBody == 0 || (n.Actions&chgfrom != 0) != tt.chgfrom {
-			t.Errorf("%v: protocol %#x actions %#x", tt.roles, n.Protocol, n.Actions)
+		c := dial(t, path, "192.0.2.25", "smtpd")
+		if c.Protocol(gomilter.OptNoHeaders) != tt.noHdrs || c.Protocol(gomilter.OptNoRcptTo) != tt.noRcpt ||
+			!c.Protocol(gomilter.OptNoBody) || c.Raw().ActionOption(gomilter.OptChangeFrom) != tt.chgfrom {
+			t.Errorf("%v: negotiated headers %v, rcpt %v, body %v, chgfrom %v", tt.roles,
+				!c.Protocol(gomilter.OptNoHeaders), !c.Protocol(gomilter.OptNoRcptTo), !c.Protocol(gomilter.OptNoBody),
+				c.Raw().ActionOption(gomilter.OptChangeFrom))
 		}
 		// No reply to CONNECT and MAIL, nor to headers when they are
 		// taken; every other event is answered.
-		wantNR := mtaclient.ProtoNoConnRepl | mtaclient.ProtoNoMailRepl
-		if !tt.noHdrs {
-			wantNR |= mtaclient.ProtoNoHeaderRepl
+		for _, nr := range []struct {
+			flag gomilter.OptProtocol
+			want bool
+		}{
+			{gomilter.OptNoConnReply, true}, {gomilter.OptNoMailReply, true}, {gomilter.OptNoHeaderReply, !tt.noHdrs},
+			{gomilter.OptNoRcptReply, false}, {gomilter.OptNoDataReply, false}, {gomilter.OptNoEOHReply, false},
+			{gomilter.OptNoBodyReply, false}, {gomilter.OptNoHeloReply, false}, {gomilter.OptNoUnknownReply, false},
+		} {
+			if c.Protocol(nr.flag) != nr.want {
+				t.Errorf("%v: no-reply flag %v is %v, want %v", tt.roles, nr.flag, !nr.want, nr.want)
+			}
 		}
-		if got := n.Protocol & (0xff000 | mtaclient.ProtoNoHeaderRepl); got != wantNR {
-			t.Errorf("%v: no-reply flags %#x, want %#x", tt.roles, got, wantNR)
-		}
-	}
-}
-
-func TestConnectionLimit(t *testing.T) {
-	srv, path := testServer(t, Inbound, nil, func(s *Server) { s.MaxConns = 1 })
-	c := dial(t, path, "192.0.2.25", "smtpd")
-	_ = c
-	nc, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := nc.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("second connection: read %v, want EOF", err)
-	}
-	if n := srv.OpenConns(); n != 1 {
-		t.Fatalf("open connections %d", n)
 	}
 }
 
 func TestShutdownFinishesMessageInFlight(t *testing.T) {
-	p := testPolicy(t, nil)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "m.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &Server{Name: "test", Roles: Outbound, Policy: func() *policy.Policy { return p }, Now: func() time.Time { return testNow }}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-
+	// Both roles: the reply to RCPT says the milter has read MAIL.
+	l, path := testServer(t, Outbound|Inbound, nil, nil)
 	busy := dial(t, path, "", "pickup")
 	idle := dial(t, path, "", "pickup")
-	if r, err := busy.Mail("alice@example.com", nil, nil); err != nil || !r.Continue() {
+	raw := busy.Raw()
+	if r, err := raw.Mail("alice@example.com", ""); err != nil || !continued(r) {
 		t.Fatal(r, err)
 	}
-	// MAIL has no reply (SMFIP_NR_MAIL): wait until the server has read it.
-	for srv.OpenConns() != 2 || messagesInFlight(srv) != 1 {
-		time.Sleep(time.Millisecond)
+	if r, err := raw.Rcpt("bob@example.org", ""); err != nil || !continued(r) {
+		t.Fatal(r, err)
 	}
 	shut := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		shut <- srv.Shutdown(ctx)
+		shut <- l.Shutdown(ctx)
 	}()
 	// The idle connection is closed at once; the busy one finishes its
 	// message, signed, and is closed after the reply.
-	if err := idle.WaitClosed(2 * time.Second); err != nil {
-		t.Fatalf("idle connection after shutdown began: %v", err)
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Open() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections open after shutdown began, want the busy one", l.Open())
+		}
+		time.Sleep(time.Millisecond)
 	}
-	res, err := busy.EndOfMessage(nil)
-	if err != nil || !res.Reply.Continue() || len(res.Modifications) != 1 {
-		t.Fatalf("message in flight: %v %v", res, err)
+	if _, err := idle.Send(&mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"}}); err == nil {
+		t.Fatal("the idle connection still serves a message after shutdown began")
+	}
+	if r, err := raw.DataStart(); err != nil || !continued(r) {
+		t.Fatal(r, err)
+	}
+	if _, err := raw.HeaderEnd(); err != nil {
+		t.Fatal(err)
+	}
+	changes, end, err := raw.BodyReadFrom(strings.NewReader("hello\r\n"))
+	if err != nil || end.Type != gomilter.ActionAccept || len(changes) != 1 || changes[0].Type != gomilter.ActionChangeFrom {
+		t.Fatalf("message in flight: %v %v %v", changes, end, err)
 	}
 	if err := <-shut; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := <-done; !errors.Is(err, ErrServerClosed) {
-		t.Fatalf("Serve: %v", err)
+	if l.Open() != 0 {
+		t.Fatalf("%d connections open after shutdown", l.Open())
 	}
-}
-
-// messagesInFlight counts the server's connections inside a transaction.
-func messagesInFlight(srv *Server) int {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	n := 0
-	for c := range srv.conns {
-		c.mu.Lock()
-		if c.inMessage {
-			n++
-		}
-		c.mu.Unlock()
-	}
-	return n
 }
 
 // TestDecisionLogLines: one info line per decision, with what an
@@ -358,15 +385,16 @@ func messagesInFlight(srv *Server) int {
 // and no key material.
 func TestDecisionLogLines(t *testing.T) {
 	var buf syncBuf
-	_, path := testServer(t, Outbound|Inbound, nil, func(s *Server) {
+	_, path := testServer(t, Outbound|Inbound, nil, func(s *Server, o *serve.Options) {
 		s.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+		o.Logger = s.Logger
 	})
 	valid := tag(t, "user@example.com", 1)
 	mx := dial(t, path, "192.0.2.25", "smtpd")
-	send(t, mx, &mtaclient.Message{Recipients: []string{forge(valid), valid}, QueueID: "4QID1"})
+	send(t, mx, &mta.Message{Recipients: []string{forge(valid), valid}, QueueID: "4QID1"})
 	sub := dial(t, path, "203.0.113.5", "submission")
-	send(t, sub, &mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID2"})
-	send(t, sub, &mtaclient.Message{Sender: valid, Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID3"})
+	send(t, sub, &mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID2"})
+	send(t, sub, &mta.Message{Sender: valid, Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID3"})
 
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	// Postfix sends the queue id at RCPT only once it has accepted a

@@ -61,6 +61,10 @@ type VerifyConfig struct {
 	// UntaggedBounce is the action for null-sender mail to an untagged
 	// recipient: "reject", "tempfail", "quarantine", "tag" or "off".
 	UntaggedBounce string
+	// RefuseUntaggedAt is when an untagged bounce is refused with
+	// UntaggedBounce "reject" or "tempfail": "data" (at the DATA
+	// command, so that address verification callouts succeed) or "rcpt".
+	RefuseUntaggedAt string
 	// InvalidTagReply is the action for mail with a sender to a recipient
 	// whose tag does not verify: "deliver-mark", "deliver", "reject" or
 	// "pass".
@@ -99,7 +103,8 @@ func DefaultConfig(domains ...string) Config {
 		},
 		Verify: VerifyConfig{
 			UntaggedBounce:      "reject",
-			InvalidTagReply:     "deliver-mark",
+			RefuseUntaggedAt:    "data",
+			InvalidTagReply:     "reject",
 			StatusHeader:        "X-BATV-Status",
 			RemoveForgedHeaders: true,
 			QueueLifetime:       5 * 24 * time.Hour,

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,12 +42,17 @@ const (
 	ActDeliver
 	// ActDeliverMark is ActDeliver plus the status header.
 	ActDeliverMark
+	// ActSplit defers a recipient that cannot share its bounce
+	// transaction with the untagged recipients refused at DATA before it:
+	// 452 4.5.3, and the sender sends it again in a transaction of its
+	// own, where it is delivered.
+	ActSplit
 )
 
 var actionNames = [...]string{
 	ActPass: "pass", ActAccept: "accept", ActReject: "reject", ActTempfail: "tempfail",
 	ActQuarantine: "quarantine", ActTag: "tag", ActOff: "off", ActGrace: "grace",
-	ActExempt: "exempt", ActDeliver: "deliver", ActDeliverMark: "deliver-mark",
+	ActExempt: "exempt", ActDeliver: "deliver", ActDeliverMark: "deliver-mark", ActSplit: "split",
 }
 
 func (a Action) String() string {
@@ -72,8 +78,16 @@ type Decision struct {
 	// Status is then its verification outcome.
 	Protected bool
 	Status    batv.Status
-	// Reply is the SMTP reply that refuses the recipient, or "".
-	Reply string
+	// Reply is the SMTP reply that refuses the recipient; zero if the
+	// recipient is not refused. With AtData, it refuses the whole
+	// transaction at DATA, not the recipient: use RcptReply and
+	// Transaction.Data.
+	Reply Reply
+	// AtData says that the refusal waits for DATA: the recipient is
+	// accepted at RCPT, so that a sender's address verification (a
+	// callout: MAIL FROM:<>, RCPT, QUIT) succeeds, and the transaction is
+	// refused at DATA, so that no bounce is delivered.
+	AtData bool
 	// Rewrite is the address to deliver to instead, if not "".
 	Rewrite string
 	// Mark is the status header value to add, if not "".
@@ -82,15 +96,53 @@ type Decision struct {
 	Reason string
 	// KeyID is the tag's key id, or -1.
 	KeyID int
+	// Mailbox is the address the MTA delivers the recipient to, when it
+	// differs from the address as received (a trailing dot, a source
+	// route, the percent hack...); "" otherwise.
+	Mailbox string
 }
 
+// RcptReply is the reply to the RCPT command: Reply, unless the refusal
+// waits for DATA.
+func (d Decision) RcptReply() Reply {
+	if d.AtData {
+		return Reply{}
+	}
+	return d.Reply
+}
+
+// Reply is an SMTP reply: a code and a text that starts with the enhanced
+// status code.
+type Reply struct {
+	Code int
+	Text string
+}
+
+// String is the reply as the SMTP client sees it.
+func (r Reply) String() string {
+	if r.Code == 0 {
+		return ""
+	}
+	return strconv.Itoa(r.Code) + " " + r.Text
+}
+
+// Refuses reports whether the reply refuses (any reply but the zero one).
+func (r Reply) Refuses() bool { return r.Code != 0 }
+
 // SMTP replies of the inbound front ends. The detail goes to the log.
-const (
-	replyInvalidTag = "550 5.7.1 Bounce refused: the recipient address tag is %s (BATV)"
-	replyUntagged   = "550 5.7.1 Bounce refused: this address sends only tagged mail, so it did not send the message you are bouncing (BATV)"
-	replyTempfail   = "451 4.7.1 Bounce deferred: the recipient address is not tagged (BATV)"
-	replyInvalidNB  = "550 5.7.1 The recipient address tag is %s (BATV)"
+var (
+	replyUntagged = Reply{550, "5.7.1 Bounce refused: this address sends only tagged mail, so it did not send the message you are bouncing (BATV)"}
+	replyTempfail = Reply{451, "4.7.1 Bounce deferred: the recipient address is not tagged (BATV)"}
+	replySplit    = Reply{452, "4.5.3 Too many recipients for one bounce: send this one in a transaction of its own (BATV)"}
 )
+
+// replyInvalid refuses a tag that does not verify: a bounce, or other mail.
+func replyInvalid(st batv.Status, bounce bool) Reply {
+	if bounce {
+		return Reply{550, "5.7.1 Bounce refused: the recipient address tag is " + replyWords[st] + " (BATV)"}
+	}
+	return Reply{550, "5.7.1 The recipient address tag is " + replyWords[st] + " (BATV)"}
+}
 
 var replyWords = map[batv.Status]string{
 	batv.Malformed:    "malformed",
@@ -101,47 +153,87 @@ var replyWords = map[batv.Status]string{
 
 // Transaction is the inbound decision state of one SMTP transaction (from
 // MAIL to the end of the message or RSET). A front end makes one with
-// Begin at MAIL and asks it about each recipient.
+// Begin at MAIL, asks it about each recipient at RCPT, and asks Data at
+// DATA.
+//
+// Untagged bounces are refused at DATA by default (verify.refuse_untagged_at),
+// so that address verification callouts, which never send DATA, get 250
+// for an untagged address. A bounce transaction therefore holds either
+// recipients that will be delivered or untagged recipients refused at
+// DATA, never both: an untagged recipient after one that will be
+// delivered is refused at RCPT (a callout has one recipient), and a
+// recipient that would be delivered after an untagged one is deferred
+// with 452 4.5.3, so that the sender delivers it in a transaction of its
+// own. Nothing is dropped without a reply.
 type Transaction struct {
-	p      *Policy
-	client Client
-	sender string
+	p       *Policy
+	client  Client
+	bounce  bool
+	deliver int   // recipients that will be delivered
+	refused int   // untagged recipients whose refusal waits for DATA
+	atData  Reply // the reply at DATA
 }
 
 // Begin starts a transaction from client with the envelope sender as the
-// MTA received it ("" for the null sender).
+// client wrote it ("" for <>): the transaction is a bounce when the MTA
+// will relay it as one (NullSender).
 func (p *Policy) Begin(client Client, sender string) Transaction {
-	return Transaction{p: p, client: client, sender: sender}
+	return Transaction{p: p, client: client, bounce: NullSender(sender)}
 }
 
-// Bounce reports whether the transaction has the null sender.
-func (t *Transaction) Bounce() bool { return t.sender == "" }
+// Bounce reports whether the transaction is a bounce.
+func (t *Transaction) Bounce() bool { return t.bounce }
 
-// Recipient decides what to do with rcpt, a recipient as the MTA received
+// Recipient decides what to do with rcpt, a recipient as the client wrote
 // it, at now.
 func (t *Transaction) Recipient(rcpt string, now time.Time) Decision {
+	d := t.decide(rcpt, now)
+	switch {
+	case d.Reply.Refuses() && !d.AtData:
+	case d.AtData && t.deliver > 0:
+		d.AtData = false
+		d.Reason += "; the transaction has a recipient that will be delivered, so it is no callout: refused at RCPT"
+	case d.AtData:
+		t.refused++
+		t.atData = d.Reply
+	case t.refused > 0:
+		d.Action, d.Reply, d.Rewrite, d.Mark = ActSplit, replySplit, "", ""
+		d.Reason = "an untagged recipient of this bounce is refused at DATA: this one must come in a transaction of its own"
+	default:
+		t.deliver++
+	}
+	return d
+}
+
+// Data is the reply to the DATA command: a refusal when the transaction
+// has untagged recipients whose refusal waited for DATA.
+func (t *Transaction) Data() (Reply, bool) {
+	return t.atData, t.refused > 0
+}
+
+// decide is the decision for one recipient on its own.
+func (t *Transaction) decide(rcpt string, now time.Time) Decision {
 	p := t.p
-	local, domain := splitAddr(rcpt)
-	if !p.verifyDomains.has(domain) {
+	addr, protected := p.Mailbox(rcpt)
+	if !protected {
 		return Decision{Action: ActPass, KeyID: -1, Reason: "domain not protected"}
 	}
-	bounce := t.Bounce()
-	v := p.verifier
-	if !bounce {
-		v = p.noExpiry
-	}
-	v.Now = func() time.Time { return now }
+	bounce := t.bounce
 	var res batv.Result
 	if bounce {
-		res, _ = v.Verify(rcpt)
+		res, _ = p.verifier.VerifyAt(addr, now)
 	} else {
-		res, _ = v.VerifyIgnoringExpiry(rcpt)
+		res, _ = p.noExpiry.VerifyIgnoringExpiryAt(addr, now)
 	}
 	d := Decision{Protected: true, Status: res.Status, KeyID: -1, Reason: res.Reason}
+	if addr != rcpt {
+		d.Mailbox = addr
+	}
 	if res.Status != batv.Missing && res.Status != batv.Malformed {
 		d.KeyID = res.Tag.KeyID
 	}
-	target, targetLocal := rcpt, local
+	target := addr
+	targetLocal, _ := splitAddr(addr)
 	if u := res.Untagged(); u != "" {
 		target, targetLocal = u, res.Tag.Local()
 	}
@@ -155,7 +247,7 @@ func (t *Transaction) Recipient(rcpt string, now time.Time) Decision {
 			d.Reason = "expired tag on a reply"
 		}
 	case res.Status == batv.Missing && !bounce:
-		d.Action, d.Protected, d.Reason = ActPass, false, "not a bounce"
+		d.Action, d.Reason = ActPass, "not a bounce"
 	case res.Status == batv.Missing && exempt:
 		d.Action, d.Reason = ActExempt, "exempt recipient or client"
 	case res.Status == batv.Missing && now.Before(p.graceUntil):
@@ -164,9 +256,9 @@ func (t *Transaction) Recipient(rcpt string, now time.Time) Decision {
 		d.Action, d.Reason = p.untaggedBounce, "untagged bounce"
 		switch d.Action {
 		case ActReject:
-			d.Reply = replyUntagged
+			d.Reply, d.AtData = replyUntagged, p.untaggedAtData
 		case ActTempfail:
-			d.Reply = replyTempfail
+			d.Reply, d.AtData = replyTempfail, p.untaggedAtData
 		case ActTag, ActQuarantine:
 			d.Mark = mark(res.Status, rcpt)
 		}
@@ -175,7 +267,7 @@ func (t *Transaction) Recipient(rcpt string, now time.Time) Decision {
 		// is delivered untagged, and marked; never refused.
 		d.Action, d.Rewrite, d.Mark = ActDeliverMark, res.Untagged(), mark(res.Status, rcpt)
 	case bounce:
-		d.Action, d.Reply = ActReject, fmt.Sprintf(replyInvalidTag, replyWords[res.Status])
+		d.Action, d.Reply = ActReject, replyInvalid(res.Status, true)
 	default:
 		d.Action = p.invalidTagReply
 		switch d.Action {
@@ -184,8 +276,11 @@ func (t *Transaction) Recipient(rcpt string, now time.Time) Decision {
 		case ActDeliverMark:
 			d.Rewrite, d.Mark = res.Untagged(), mark(res.Status, rcpt)
 		case ActReject:
-			d.Reply = fmt.Sprintf(replyInvalidNB, replyWords[res.Status])
+			d.Reply = replyInvalid(res.Status, false)
 		}
+	}
+	if d.Rewrite == rcpt {
+		d.Rewrite = ""
 	}
 	return d
 }

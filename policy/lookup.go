@@ -20,12 +20,15 @@ const (
 	// passed the milter and bounces Postfix makes itself (which skip
 	// milters) reach the real mailbox.
 	TableUntag Table = iota + 1
-	// TableStrip maps any well-formed tagged address in a protected
-	// domain to the untagged address without checking the tag, and a
-	// tagged local part to the untagged local part. It is for recipient
-	// validation only (pipemap before the site's recipient table), so that
-	// the untagged user must exist and the milter judges the tag at RCPT
-	// with its own reply.
+	// TableStrip maps a tagged address in a protected domain whose tag is
+	// well formed and names a key of the keyring to the untagged address,
+	// and such a tagged local part to the untagged local part. It is for
+	// recipient validation (pipemap before the site's recipient table), so
+	// that a tagged address is a recipient exactly when its untagged
+	// address is. It does not check the MAC: smtpd asks in lower case,
+	// and the MAC covers the case the sender's address had. The milter or
+	// the policy service checks it at RCPT, on the address as the client
+	// wrote it, and refuses a tag that does not verify.
 	TableStrip
 )
 
@@ -58,13 +61,10 @@ func ParseTable(name string) (Table, bool) {
 func (p *Policy) Lookup(t Table, key string, now time.Time) (string, bool) {
 	switch t {
 	case TableUntag:
-		_, domain := splitAddr(key)
-		if !p.verifyDomains.has(domain) {
+		if _, domain := splitAddr(key); !p.verifyDomains.has(domain) {
 			return "", false
 		}
-		v := p.verifier
-		v.Now = func() time.Time { return now }
-		r, _ := v.Verify(key)
+		r, _ := p.verifier.VerifyAt(key, now)
 		if r.Status != batv.Valid {
 			return "", false
 		}
@@ -72,30 +72,31 @@ func (p *Policy) Lookup(t Table, key string, now time.Time) (string, bool) {
 	case TableStrip:
 		if !strings.Contains(key, "@") {
 			// A local part alone, as Postfix asks local recipient tables:
-			// strip with any protected domain, the tag is not checked.
-			tg, err := batv.Parse(key+"@x", p.delimiter())
-			if err != nil {
-				return "", false
+			// its tag must name a key for one of the protected domains.
+			for _, d := range p.verifyDomains.list {
+				if r := p.stripped(key+"@"+d, now); r != "" {
+					return r[:len(r)-len(d)-1], true
+				}
 			}
-			return tg.Local(), true
-		}
-		_, domain := splitAddr(key)
-		if !p.verifyDomains.has(domain) {
 			return "", false
 		}
-		tg, err := batv.Parse(key, p.delimiter())
-		if err != nil {
+		if _, domain := splitAddr(key); !p.verifyDomains.has(domain) {
 			return "", false
 		}
-		return tg.Original, true
+		if r := p.stripped(key, now); r != "" {
+			return r, true
+		}
 	}
 	return "", false
 }
 
-// delimiter is the sub-address delimiter tags are recognised with.
-func (p *Policy) delimiter() byte {
-	if p.verifier.Delimiter == 0 {
-		return '+'
+// stripped is the untagged address of addr if its tag is well formed and
+// names a key of the keyring, whatever its MAC and expiry; "" if not.
+func (p *Policy) stripped(addr string, now time.Time) string {
+	r, _ := p.noExpiry.VerifyIgnoringExpiryAt(addr, now)
+	switch r.Status {
+	case batv.Valid, batv.BadSignature:
+		return r.Untagged()
 	}
-	return p.verifier.Delimiter
+	return ""
 }

@@ -143,9 +143,7 @@ func (p *Policy) Sign(sender string, rcpts []string, now time.Time) SignDecision
 			return SignDecision{Skip: SkipExemptRecipient}
 		}
 	}
-	s := p.signer
-	s.Now = func() time.Time { return now }
-	r, err := s.Sign(sender)
+	r, err := p.signer.SignAt(sender, now)
 	if err != nil {
 		return SignDecision{Skip: SkipError, Err: err}
 	}

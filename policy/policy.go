@@ -46,18 +46,11 @@ type Policy struct {
 	exemptRcptsIn   addrSet
 	exemptClients   []netip.Prefix
 	untaggedBounce  Action
+	untaggedAtData  bool
 	invalidTagReply Action
 	graceUntil      time.Time
 	statusHeader    string
 	removeForged    bool
-}
-
-// LifetimeKeeper is a keyring that keeps each key for verification only
-// as long as tags of some lifetime need it (keyring.Keyring, and
-// keyring.Watcher). New refuses a policy whose tags would outlive their
-// keys.
-type LifetimeKeeper interface {
-	MaxLifetimeDays() int
 }
 
 // creator is a keyring that knows when it was created: the default grace
@@ -67,8 +60,9 @@ type creator interface {
 }
 
 // New checks cfg and compiles it with keys, the keyring the site signs and
-// verifies with. If keys is a LifetimeKeeper, New refuses a configuration
-// that signs or verifies tags longer than the keyring keeps its keys. If
+// verifies with. If keys is a batv.LifetimeKeyring (package keyring's
+// keyrings are), New refuses a configuration that signs or verifies tags
+// longer than the keyring keeps its keys. If
 // keys knows when it was created (a Created() time.Time method), the grace
 // period for untagged bounces ends by default at creation + the expiry
 // window + the queue lifetime. Every problem is reported, joined; each
@@ -76,10 +70,9 @@ type creator interface {
 func New(cfg Config, keys batv.Keyring) (*Policy, error) {
 	p, errs := compile(cfg)
 	maxLife := p.verifier.MaxLifetime
-	if lk, ok := keys.(LifetimeKeeper); ok && maxLife > lk.MaxLifetimeDays() {
-		errs = append(errs, &FieldError{"verify.max_lifetime", fmt.Sprintf(
-			"tags of %d days are signed or verified, but the keyring retires keys for tags of %d days: raise the keyring's max_lifetime_days or lower sign.lifetime and verify.max_lifetime",
-			maxLife, lk.MaxLifetimeDays())})
+	if err := batv.CheckLifetime(keys, maxLife); err != nil {
+		errs = append(errs, &FieldError{"verify.max_lifetime", err.Error() +
+			": raise the keyring's max_lifetime_days or lower sign.lifetime and verify.max_lifetime"})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -173,6 +166,13 @@ func compile(cfg Config) (*Policy, []error) {
 	var ok bool
 	if p.untaggedBounce, ok = parseAction(v.UntaggedBounce, ActReject, ActTempfail, ActQuarantine, ActTag, ActOff); !ok {
 		bad("verify.untagged_bounce", "%q: want reject, tempfail, quarantine, tag or off", v.UntaggedBounce)
+	}
+	switch v.RefuseUntaggedAt {
+	case "", "data":
+		p.untaggedAtData = true
+	case "rcpt":
+	default:
+		bad("verify.refuse_untagged_at", "%q: want data or rcpt", v.RefuseUntaggedAt)
 	}
 	if p.invalidTagReply, ok = parseAction(v.InvalidTagReply, ActDeliverMark, ActDeliver, ActReject, ActPass); !ok {
 		bad("verify.invalid_tag_reply", "%q: want deliver-mark, deliver, reject or pass", v.InvalidTagReply)

@@ -127,7 +127,7 @@ func TestRecipientDecisions(t *testing.T) {
 			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
 		{name: "reply to expired tag is stripped", env: envelope{sender: "someone@example.org"}, rcpt: expired,
 			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
-		{name: "reply to forged tag: deliver and mark", env: envelope{sender: "someone@example.org"}, rcpt: forge(valid),
+		{name: "reply to forged tag: deliver and mark", mod: func(c *Config) { c.Verify.InvalidTagReply = "deliver-mark" }, env: envelope{sender: "someone@example.org"}, rcpt: forge(valid),
 			action: ActDeliverMark, outcome: "bad-signature", rewrite: "user@example.com", mark: "bad-signature; rcpt=<"},
 		{name: "reply to forged tag: deliver", mod: func(c *Config) { c.Verify.InvalidTagReply = "deliver" },
 			env: envelope{sender: "someone@example.org"}, rcpt: forge(valid), action: ActDeliver, outcome: "bad-signature", rewrite: "user@example.com"},
@@ -135,9 +135,11 @@ func TestRecipientDecisions(t *testing.T) {
 			env: envelope{sender: "someone@example.org"}, rcpt: forge(valid), action: ActReject, outcome: "bad-signature", reply: "550 5.7.1 The recipient address tag is not valid"},
 		{name: "reply to forged tag: pass", mod: func(c *Config) { c.Verify.InvalidTagReply = "pass" },
 			env: envelope{sender: "someone@example.org"}, rcpt: forge(valid), action: ActPass, outcome: "bad-signature"},
-		{name: "reply to malformed tag: mark only", env: envelope{sender: "someone@example.org"}, rcpt: "prvs=4xyz=user@example.com",
+		{name: "reply to forged tag: refused by default", env: envelope{sender: "someone@example.org"}, rcpt: forge(valid),
+			action: ActReject, outcome: "bad-signature", reply: "550 5.7.1 The recipient address tag is not valid"},
+		{name: "reply to malformed tag: mark only", mod: func(c *Config) { c.Verify.InvalidTagReply = "deliver-mark" }, env: envelope{sender: "someone@example.org"}, rcpt: "prvs=4xyz=user@example.com",
 			action: ActDeliverMark, outcome: "malformed", mark: "malformed"},
-		{name: "ordinary mail", env: envelope{sender: "someone@example.org"}, rcpt: "user@example.com", action: ActPass},
+		{name: "ordinary mail", env: envelope{sender: "someone@example.org"}, rcpt: "user@example.com", action: ActPass, outcome: "missing"},
 		{name: "case changed in transit accepted", rcpt: strings.ToUpper(valid[:16]) + "user@EXAMPLE.com",
 			action: ActAccept, outcome: "valid", rewrite: "user@EXAMPLE.com"},
 		{name: "case changed in transit, strict", mod: func(c *Config) { c.Verify.Strict = true },
@@ -159,13 +161,13 @@ func TestRecipientDecisions(t *testing.T) {
 				t.Fatalf("Recipient(%q) = %v/%q rewrite %q, want %v/%q rewrite %q (%s)",
 					tt.rcpt, d.Action, outcome(d), d.Rewrite, tt.action, tt.outcome, tt.rewrite, d.Reason)
 			}
-			if !strings.HasPrefix(d.Reply, tt.reply) || (tt.reply == "") != (d.Reply == "") {
+			if !strings.HasPrefix(d.Reply.String(), tt.reply) || (tt.reply != "") != d.Reply.Refuses() {
 				t.Fatalf("reply %q, want prefix %q", d.Reply, tt.reply)
 			}
 			if !strings.HasPrefix(d.Mark, tt.mark) || (tt.mark == "") != (d.Mark == "") {
 				t.Fatalf("mark %q, want prefix %q", d.Mark, tt.mark)
 			}
-			if (d.Action == ActReject) != strings.HasPrefix(d.Reply, "5") || (d.Action == ActTempfail) != strings.HasPrefix(d.Reply, "4") {
+			if (d.Action == ActReject) != (d.Reply.Code/100 == 5) || (d.Action == ActTempfail) != (d.Reply.Code/100 == 4) {
 				t.Fatalf("action %v with reply %q", d.Action, d.Reply)
 			}
 		})
@@ -317,6 +319,117 @@ func TestNewPolicyReportsEveryError(t *testing.T) {
 		"verify.status_header", "verify.delimiter"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}
+
+// TestTransactionStages: untagged bounces are refused at DATA, so that a
+// callout (MAIL FROM:<>, one RCPT, no DATA) gets 250; a transaction never
+// mixes recipients that will be delivered with untagged ones refused at
+// DATA; nothing is refused without a reply.
+func TestTransactionStages(t *testing.T) {
+	valid := tag(t, "user@example.com", 1)
+	type step struct {
+		rcpt   string
+		action Action
+		code   int // the RCPT reply's code, 0 for none
+	}
+	for _, tt := range []struct {
+		name  string
+		mod   func(*Config)
+		steps []step
+		data  int // the DATA reply's code, 0 for none
+	}{
+		{name: "callout to an untagged address",
+			steps: []step{{"user@example.com", ActReject, 0}}, data: 550},
+		{name: "callout to a valid tag",
+			steps: []step{{valid, ActAccept, 0}}},
+		{name: "callout to a forged tag is refused at RCPT",
+			steps: []step{{forge(valid), ActReject, 550}}},
+		{name: "tempfail waits for DATA too", mod: func(c *Config) { c.Verify.UntaggedBounce = "tempfail" },
+			steps: []step{{"user@example.com", ActTempfail, 0}}, data: 451},
+		{name: "refusal at RCPT when asked", mod: func(c *Config) { c.Verify.RefuseUntaggedAt = "rcpt" },
+			steps: []step{{"user@example.com", ActReject, 550}}},
+		{name: "valid first, then untagged: the untagged one at RCPT",
+			steps: []step{{valid, ActAccept, 0}, {"other@example.com", ActReject, 550}}},
+		{name: "untagged first, then valid: the valid one deferred to a transaction of its own",
+			steps: []step{{"other@example.com", ActReject, 0}, {valid, ActSplit, 452}, {"third@example.net", ActReject, 0}}, data: 550},
+		{name: "untagged first, then postmaster: postmaster deferred",
+			steps: []step{{"other@example.com", ActReject, 0}, {"postmaster@example.com", ActSplit, 452}}, data: 550},
+		{name: "untagged first, then a foreign domain: deferred",
+			steps: []step{{"other@example.com", ActReject, 0}, {"someone@example.org", ActSplit, 452}}, data: 550},
+		{name: "a forged tag between them changes nothing",
+			steps: []step{{forge(valid), ActReject, 550}, {"other@example.com", ActReject, 0}}, data: 550},
+		{name: "exempt first, then untagged: untagged at RCPT",
+			steps: []step{{"postmaster@example.com", ActExempt, 0}, {"other@example.com", ActReject, 550}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testPolicy(t, tt.mod)
+			trx := p.Begin(mxClient, "")
+			for i, st := range tt.steps {
+				d := trx.Recipient(st.rcpt, testNow)
+				if d.Action != st.action || d.RcptReply().Code != st.code {
+					t.Fatalf("recipient %d %q: %v %q, want %v and a %d reply (%s)", i, st.rcpt, d.Action, d.RcptReply(), st.action, st.code, d.Reason)
+				}
+			}
+			r, refused := trx.Data()
+			if refused != (tt.data != 0) || r.Code != tt.data {
+				t.Fatalf("DATA: %q %v, want %d", r, refused, tt.data)
+			}
+		})
+	}
+	// Mail with a sender is never refused at DATA.
+	p := testPolicy(t, nil)
+	trx := p.Begin(mxClient, "someone@example.org")
+	trx.Recipient("user@example.com", testNow)
+	if _, refused := trx.Data(); refused {
+		t.Fatal("mail with a sender refused at DATA")
+	}
+}
+
+// TestSpellingsOfABounce: the null sender and the recipient as the MTA
+// will use them, however the client wrote them.
+func TestSpellingsOfABounce(t *testing.T) {
+	p := testPolicy(t, func(c *Config) { c.Verify.RefuseUntaggedAt = "rcpt" })
+	valid := tag(t, "user@example.com", 1)
+	for _, sender := range []string{"", `""`, "@evil.test:", "MAILER-DAEMON@example.org"} {
+		for _, rcpt := range []string{"user@example.com.", "user%example.com@[127.0.0.1]", `"user"@example.com`, "@x:user@EXAMPLE.com"} {
+			trx := p.Begin(mxClient, sender)
+			if d := trx.Recipient(rcpt, testNow); d.Action != ActReject || d.Reply.Code != 550 || !d.Protected {
+				t.Errorf("sender %q, recipient %q: %v %q, want the untagged bounce refused", sender, rcpt, d.Action, d.Reply)
+			}
+		}
+		trx := p.Begin(mxClient, sender)
+		if d := trx.Recipient(valid+".", testNow); d.Action != ActAccept || d.Rewrite != "user@example.com" || d.Mailbox != valid {
+			t.Errorf("sender %q, valid tag with a trailing dot: %+v", sender, d)
+		}
+	}
+}
+
+// TestStripTable: the strip table makes a tagged address a recipient when
+// its tag names a key, whatever the MAC, the case and the expiry.
+func TestStripTable(t *testing.T) {
+	p := testPolicy(t, nil)
+	valid := tag(t, "User@example.com", 1)
+	old := tag(t, "user@example.com", 40)
+	for _, tt := range []struct {
+		key, want string
+		ok        bool
+	}{
+		{valid, "User@example.com", true},
+		{strings.ToLower(valid), "user@example.com", true}, // as smtpd asks
+		{forge(valid), "User@example.com", true},           // the milter refuses it at RCPT
+		{old, "user@example.com", true},                    // a reply to an old message
+		{"prvs=5" + valid[6:], "", false},                  // no key 5
+		{"prvs=4zzz=user@example.com", "", false},          // malformed
+		{"user@example.com", "", false},                    // not tagged
+		{"prvs=4" + valid[6:16] + "user@example.org", "", false},
+		{valid[:16] + "user", "user", true}, // a local part alone
+		{"prvs=5" + valid[6:16] + "user", "", false},
+	} {
+		got, ok := p.Lookup(TableStrip, tt.key, testNow)
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("strip %q = %q, %v; want %q, %v", tt.key, got, ok, tt.want, tt.ok)
 		}
 	}
 }

@@ -6,23 +6,29 @@ import (
 )
 
 // domainSet is a set of lowercased domains.
-type domainSet map[string]bool
+type domainSet struct {
+	set  map[string]bool
+	list []string // in the order of the configuration
+}
 
 func newDomainSet(field string, domains []string, bad func(field, format string, args ...any)) domainSet {
-	s := domainSet{}
+	s := domainSet{set: map[string]bool{}}
 	for _, d := range domains {
 		d = strings.ToLower(strings.TrimSpace(d))
 		if d == "" || strings.ContainsAny(d, "@ \t") {
 			bad(field, "%q is not a domain", d)
 			continue
 		}
-		s[d] = true
+		if !s.set[d] {
+			s.set[d] = true
+			s.list = append(s.list, d)
+		}
 	}
 	return s
 }
 
 func (s domainSet) has(domain string) bool {
-	return domain != "" && s[strings.ToLower(domain)]
+	return domain != "" && s.set[strings.ToLower(domain)]
 }
 
 // addrSet matches addresses by exact address, by domain ("example.com" or

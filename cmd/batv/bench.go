@@ -13,7 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient/load"
+	"github.com/batv/batv/internal/load"
 	"github.com/batv/batv/keyring"
 )
 

@@ -176,7 +176,7 @@ func decisionWords(d policy.Decision) string {
 	case policy.ActAccept:
 		return "accepted, delivered to " + d.Rewrite
 	case policy.ActReject, policy.ActTempfail:
-		return "refused at RCPT: " + d.Reply
+		return "refused at RCPT: " + d.Reply.String()
 	case policy.ActGrace:
 		return "accepted: untagged, but within the grace period after BATV was enabled"
 	case policy.ActExempt:

@@ -1,9 +1,9 @@
 // Command benchrun is the load half of "make bench": it starts the batv
-// milter daemon and the do-nothing reference milter (internal/
-// refmilter) side by side, drives both with the same load (package
-// internal/mtaclient/load, the engine of "batv bench") and prints a table
-// of throughput, latency, milter CPU per message and peak memory, with
-// each batv figure set against the reference's from the same run.
+// milter daemon and the do-nothing reference milter (internal/refmilter)
+// side by side, drives both with the same load (package internal/load,
+// the engine of "batv bench") and prints a table of throughput, latency,
+// milter CPU per message and peak memory, with each batv figure set
+// against the reference's from the same run.
 //
 //	go run ./internal/benchrun -batv bin/batv -ref bin/refmilter
 //
@@ -33,7 +33,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/batv/batv/internal/mtaclient/load"
+	"github.com/batv/batv/internal/load"
 	"github.com/batv/batv/keyring"
 )
 

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient/load"
+	"github.com/batv/batv/internal/load"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/keyring"
 )

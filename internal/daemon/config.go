@@ -19,6 +19,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/milter"
 	"github.com/batv/batv/policy"
@@ -71,6 +72,7 @@ type VerifyConfig struct {
 	ClockSkew           Duration  `toml:"clock_skew"`
 	Delimiter           string    `toml:"delimiter"`
 	UntaggedBounce      string    `toml:"untagged_bounce"`
+	RefuseUntaggedAt    string    `toml:"refuse_untagged_at"`
 	InvalidTagReply     string    `toml:"invalid_tag_reply"`
 	ExemptRecipients    []string  `toml:"exempt_recipients"`
 	ExemptClients       []string  `toml:"exempt_clients"`
@@ -93,7 +95,7 @@ func (c *Config) Policy() policy.Config {
 		Verify: policy.VerifyConfig{
 			Domains: v.Domains, MaxLifetime: v.MaxLifetime, Strict: v.Strict,
 			ClockSkew: time.Duration(v.ClockSkew), Delimiter: v.Delimiter,
-			UntaggedBounce: v.UntaggedBounce, InvalidTagReply: v.InvalidTagReply,
+			UntaggedBounce: v.UntaggedBounce, RefuseUntaggedAt: v.RefuseUntaggedAt, InvalidTagReply: v.InvalidTagReply,
 			ExemptRecipients: v.ExemptRecipients, ExemptClients: v.ExemptClients,
 			GraceUntil: v.GraceUntil, QueueLifetime: time.Duration(v.QueueLifetime),
 			StatusHeader: v.StatusHeader, RemoveForgedHeaders: v.RemoveForgedHeaders,
@@ -197,7 +199,7 @@ func DefaultConfig(domains ...string) Config {
 		Log:           LogConfig{Format: "text", Level: "info"},
 		Limits: LimitsConfig{
 			MaxConnections:  DefaultMaxConnections,
-			IdleTimeout:     Duration(milter.DefaultIdleTimeout),
+			IdleTimeout:     Duration(serve.DefaultIdleTimeout),
 			ShutdownTimeout: Duration(DefaultShutdownTimeout),
 		},
 		Listeners: []Listener{{Name: "milter", Address: DefaultMilterAddress, Roles: []string{"outbound", "inbound"},
@@ -208,7 +210,7 @@ func DefaultConfig(domains ...string) Config {
 			Authenticated: s.Authenticated, Local: s.Local, OnError: s.OnError,
 		},
 		Verify: VerifyConfig{
-			UntaggedBounce: v.UntaggedBounce, InvalidTagReply: v.InvalidTagReply,
+			UntaggedBounce: v.UntaggedBounce, RefuseUntaggedAt: v.RefuseUntaggedAt, InvalidTagReply: v.InvalidTagReply,
 			StatusHeader: v.StatusHeader, RemoveForgedHeaders: v.RemoveForgedHeaders,
 			QueueLifetime: Duration(v.QueueLifetime), Delimiter: v.Delimiter,
 		},

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -27,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/batv/batv/internal/metrics"
+	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/internal/socketmap"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/milter"
@@ -69,9 +69,8 @@ type Daemon struct {
 	metrics  *daemonMetrics
 	registry *prometheus.Registry
 
-	milters     []*milter.Server
+	listeners   []*serve.Listener
 	metricsAddr string // where the metrics endpoint listens, once it does
-	socketmap   *socketmap.Server
 	closers     []func()
 
 	reloadMu sync.Mutex
@@ -96,8 +95,6 @@ func Run(opts Options) error {
 		return err
 	}
 	d.setLogger(cfg)
-	log.SetFlags(0)
-	log.SetOutput(milter.RedirectGoMilterLog(d.log))
 
 	if err := d.openKeyring(cfg); err != nil {
 		return err
@@ -356,41 +353,40 @@ func reloadingState() string {
 // listen opens every listener and starts serving.
 func (d *Daemon) listen(cfg *Config, mm *metrics.Metrics) error {
 	current := func() *policy.Policy { return d.state.Load().policy }
-	for _, l := range cfg.Listeners {
-		roles, _ := parseRoles(l.Roles)
-		ln, err := openListener(l.Address, l.Socket)
+	open := func(name, address string, sock Socket) (*serve.Listener, error) {
+		ln, err := openListener(address, sock)
 		if err != nil {
-			return fmt.Errorf("listener %s: %w", l.Name, err)
+			return nil, fmt.Errorf("listener %s: %w", name, err)
 		}
-		srv := &milter.Server{
-			Name: l.Name, Roles: roles, Policy: current, Logger: d.log, Metrics: mm,
-			MaxConns: cfg.Limits.MaxConnections, IdleTimeout: time.Duration(cfg.Limits.IdleTimeout), Now: d.opts.Now,
-		}
-		d.milters = append(d.milters, srv)
+		l := serve.New(ln, serve.Options{Name: name, MaxConns: cfg.Limits.MaxConnections,
+			IdleTimeout: time.Duration(cfg.Limits.IdleTimeout), Logger: d.log, Metrics: mm})
+		d.listeners = append(d.listeners, l)
 		d.closers = append(d.closers, func() { ln.Close() })
+		return l, nil
+	}
+	run := func(l *serve.Listener, name string, handle func(*serve.Conn)) {
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, milter.ErrServerClosed) {
-				d.log.Error("listener stopped", "listener", l.Name, "err", err)
+			if err := l.Serve(handle); err != nil && !errors.Is(err, serve.ErrClosed) {
+				d.log.Error("listener stopped", "listener", name, "err", err)
 			}
 		}()
-		d.log.Info("listening", "listener", l.Name, "address", l.Address, "roles", roles.String())
+	}
+	for _, lc := range cfg.Listeners {
+		roles, _ := parseRoles(lc.Roles)
+		l, err := open(lc.Name, lc.Address, lc.Socket)
+		if err != nil {
+			return err
+		}
+		srv := &milter.Server{Name: lc.Name, Roles: roles, Policy: current, Logger: d.log, Metrics: mm, Now: d.opts.Now}
+		run(l, lc.Name, srv.ServeConn)
+		d.log.Info("listening", "listener", lc.Name, "address", lc.Address, "roles", roles.String())
 	}
 	if sm := cfg.Socketmap; sm != nil {
-		ln, err := openListener(sm.Address, sm.Socket)
+		l, err := open("socketmap", sm.Address, sm.Socket)
 		if err != nil {
-			return fmt.Errorf("socketmap: %w", err)
+			return err
 		}
-		d.socketmap = &socketmap.Server{
-			Handler:     socketmap.HandlerFunc(d.lookup(mm)),
-			IdleTimeout: time.Duration(cfg.Limits.IdleTimeout),
-			Logger:      d.log,
-		}
-		d.closers = append(d.closers, func() { ln.Close() })
-		go func() {
-			if err := d.socketmap.Serve(ln); err != nil && !errors.Is(err, socketmap.ErrServerClosed) {
-				d.log.Error("socketmap stopped", "err", err)
-			}
-		}()
+		run(l, "socketmap", func(c *serve.Conn) { socketmap.ServeConn(c, d.lookup(mm)) })
 		d.log.Info("listening", "listener", "socketmap", "address", sm.Address)
 	}
 	if cfg.Metrics.Listen != "" {
@@ -402,8 +398,8 @@ func (d *Daemon) listen(cfg *Config, mm *metrics.Metrics) error {
 }
 
 // lookup answers Postfix's socketmap queries with the current policy.
-func (d *Daemon) lookup(mm *metrics.Metrics) func(context.Context, string, string) socketmap.Reply {
-	return func(_ context.Context, name, key string) socketmap.Reply {
+func (d *Daemon) lookup(mm *metrics.Metrics) socketmap.HandlerFunc {
+	return func(name, key string) socketmap.Reply {
 		table, known := policy.ParseTable(name)
 		if !known {
 			// The map name comes from the client: count an unknown one
@@ -413,8 +409,7 @@ func (d *Daemon) lookup(mm *metrics.Metrics) func(context.Context, string, strin
 			return socketmap.Perm(fmt.Sprintf("unknown lookup table %q (want untag or strip)", name))
 		}
 		v, ok := d.state.Load().policy.Lookup(table, key, d.now())
-		switch {
-		case ok:
+		if ok {
 			mm.Lookup(name, "found")
 			d.log.Debug("socketmap lookup", "map", name, "key", key, "value", v)
 			return socketmap.OK(v)
@@ -469,11 +464,8 @@ func (d *Daemon) shutdown(cfg *Config) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, m := range d.milters {
-		wg.Go(func() { _ = m.Shutdown(ctx) })
-	}
-	if d.socketmap != nil {
-		wg.Go(func() { _ = d.socketmap.Shutdown(ctx) })
+	for _, l := range d.listeners {
+		wg.Go(func() { _ = l.Shutdown(ctx) })
 	}
 	wg.Wait()
 	d.closeAll()

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -17,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	gomilter "github.com/d--j/go-milter"
+
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
 	"github.com/batv/batv/keyring"
 )
 
@@ -125,20 +126,43 @@ func (td *testDaemon) sendReload(want string) {
 	}
 }
 
-func (td *testDaemon) dial() *mtaclient.Conn { return dialMX(td.t, td.sock) }
+func (td *testDaemon) dial() *mta.Session { return dialMX(td.t, td.sock) }
 
 // dialMX connects to the milter socket as Postfix's smtpd does for a
-// client at 192.0.2.1, a remote MX.
-func dialMX(t *testing.T, sock string) *mtaclient.Conn {
+// client at 192.0.2.1, a remote MX; the milter must continue at CONNECT
+// and HELO.
+func dialMX(t *testing.T, sock string) *mta.Session {
 	t.Helper()
-	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: sock, Timeout: 10 * time.Second})
+	c, err := mta.New("unix", sock, 10*time.Second).Session(mta.SMTPClient{Addr: "192.0.2.1", Port: 4000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.Connect("[192.0.2.1]", mtaclient.FamilyInet, 4000, "192.0.2.1", nil); err != nil || !r.Continue() {
+	return c
+}
+
+// beginBounce sends MAIL FROM:<> and RCPT TO:<rcpt> on c and leaves the
+// message open; the milter must continue at both.
+func beginBounce(t *testing.T, c *mta.Session, rcpt string) {
+	t.Helper()
+	if r, err := c.Raw().Mail("", ""); err != nil || r.Type != gomilter.ActionContinue {
 		t.Fatal(r, err)
 	}
-	return c
+	if r, err := c.Raw().Rcpt(rcpt, ""); err != nil || r.Type != gomilter.ActionContinue {
+		t.Fatal(r, err)
+	}
+}
+
+// endMessage sends the end of the message begun on c: DATA, the end of
+// the headers and the end of the message, of which Postfix sends batv
+// only the last (batv opts out of the others).
+func endMessage(c *mta.Session) ([]gomilter.ModifyAction, *gomilter.Action, error) {
+	if _, err := c.Raw().DataStart(); err != nil {
+		return nil, nil, err
+	}
+	if _, err := c.Raw().HeaderEnd(); err != nil {
+		return nil, nil, err
+	}
+	return c.Raw().BodyReadFrom(strings.NewReader(""))
 }
 
 // metric returns the value of one series from the metrics endpoint, or -1.
@@ -221,8 +245,8 @@ func (td *testDaemon) sign(addr string, daysAgo int) string {
 
 // mail is one checked transaction of the load.
 type mail struct {
-	msg   mtaclient.Message
-	check func(*mtaclient.Result) error
+	msg   mta.Message
+	check func(*mta.Result) error
 }
 
 // load runs transactions from n connections until stop is closed and
@@ -273,30 +297,29 @@ func (td *testDaemon) mixedMail(valid string, verifier func() *batv.Verifier) fu
 	return func(i int) mail {
 		switch i % 3 {
 		case 0:
-			return mail{msg: mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},
-				check: func(r *mtaclient.Result) error {
-					if len(r.Modifications) != 1 {
-						return fmt.Errorf("submission: %d modifications", len(r.Modifications))
+			return mail{msg: mta.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},
+				check: func(r *mta.Result) error {
+					if len(r.Changes) != 1 || r.SignedSender() == "" {
+						return fmt.Errorf("submission: %v", r)
 					}
-					cf := r.Modifications[0].(*mtaclient.ChangeFrom)
-					v, _ := verifier().Verify(strings.Trim(cf.Addr, "<>"))
+					v, _ := verifier().Verify(r.SignedSender())
 					if v.Status != batv.Valid {
-						return fmt.Errorf("submission signed %s: %v", cf.Addr, v.Status)
+						return fmt.Errorf("submission signed %s: %v", r.SignedSender(), v.Status)
 					}
 					return nil
 				}}
 		case 1:
-			return mail{msg: mtaclient.Message{Sender: "", Recipients: []string{valid}},
-				check: func(r *mtaclient.Result) error {
-					if !r.Delivered() || len(r.Modifications) != 2 {
-						return fmt.Errorf("valid bounce: %v %v", r.Reply, r.Modifications)
+			return mail{msg: mta.Message{Sender: "", Recipients: []string{valid}},
+				check: func(r *mta.Result) error {
+					if !r.Delivered() || len(r.Changes) != 2 {
+						return fmt.Errorf("valid bounce: %v", r)
 					}
 					return nil
 				}}
 		}
-		return mail{msg: mtaclient.Message{Sender: "", Recipients: []string{forged}},
-			check: func(r *mtaclient.Result) error {
-				if r.Rcpts[0].SMTPCode() != 550 {
+		return mail{msg: mta.Message{Sender: "", Recipients: []string{forged}},
+			check: func(r *mta.Result) error {
+				if r.Rcpts[0].SMTPCode != 550 {
 					return fmt.Errorf("forged bounce: %v", r.Rcpts[0])
 				}
 				return nil
@@ -435,15 +458,10 @@ func TestShutdownUnderLoad(t *testing.T) {
 	td := startTestDaemon(t)
 	valid := td.sign("alice@example.com", 1)
 	// Messages in flight: MAIL and RCPT sent, end of message not yet.
-	var conns []*mtaclient.Conn
+	var conns []*mta.Session
 	for range 6 {
 		c := td.dial()
-		if r, err := c.Mail("", nil, nil); err != nil || !r.Continue() {
-			t.Fatal(r, err)
-		}
-		if r, err := c.Rcpt(valid, nil, nil); err != nil || !r.Continue() {
-			t.Fatal(r, err)
-		}
+		beginBounce(t, c, valid)
 		conns = append(conns, c)
 	}
 	idle := td.dial()
@@ -453,11 +471,12 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if err := idle.WaitClosed(2 * time.Second); err != nil {
 		t.Fatalf("idle connection after SIGTERM: %v", err)
 	}
-	// Half the messages in flight finish in time, with the right answer.
+	// Half the messages in flight finish in time, with the right answer
+	// (at the end of the message, accept is continue).
 	for _, c := range conns[:3] {
-		res, err := c.EndOfMessage(nil)
-		if err != nil || !res.Reply.Continue() || len(res.Modifications) != 2 {
-			t.Fatalf("message finishing during shutdown: %v %v", res, err)
+		changes, end, err := endMessage(c)
+		if err != nil || end.Type != gomilter.ActionContinue && end.Type != gomilter.ActionAccept || len(changes) != 2 {
+			t.Fatalf("message finishing during shutdown: %v %v %v", end, changes, err)
 		}
 	}
 	// The others never finish: their connections are closed at the
@@ -475,7 +494,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 		t.Fatalf("shutdown took %v with a 2s deadline", took)
 	}
 	for _, c := range conns[3:] {
-		if _, err := c.EndOfMessage(nil); err == nil {
+		if _, _, err := endMessage(c); err == nil {
 			t.Fatal("a connection outlived the shutdown deadline")
 		}
 	}
@@ -486,7 +505,7 @@ func TestMetricsCountExactly(t *testing.T) {
 	valid := td.sign("alice@example.com", 1)
 	c := td.dial()
 	defer c.Close()
-	for _, m := range []mtaclient.Message{
+	for _, m := range []mta.Message{
 		{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},      // signed
 		{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},      // signed
 		{Sender: "alice@example.org", Recipients: []string{"x@example.org"}, AuthUser: "alice"},      // foreign domain
@@ -516,7 +535,7 @@ func TestMetricsCountExactly(t *testing.T) {
 		`batv_grace_period_remaining_seconds`:                                  0,
 		`batv_reloads_total{result="success",what="config"}`:                   0,
 		`batv_build_info{goversion="` + runtime.Version() + `",version="dev"}`: 1,
-		`batv_inbound_recipients_total{action="pass",outcome="missing"}`:       -1, // not counted
+		`batv_inbound_recipients_total{action="pass",outcome="missing"}`:       1,  // mail with a sender, counted too
 		`batv_outbound_messages_total{result="null-sender"}`:                   -1, // bounces are not outbound
 		`batv_socketmap_lookups_total{map="untag",result="found"}`:             -1, // no socketmap here
 		`batv_inbound_recipients_total{action="deliver-mark",outcome="valid"}`: -1,

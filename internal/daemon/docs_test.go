@@ -7,7 +7,6 @@ package daemon
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding"
 	"encoding/json"
 	"fmt"
@@ -25,7 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
 )
 
 const (
@@ -359,24 +358,18 @@ domains = ["example.com"]
 		}
 	}()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := mtaclient.Dial(ctx, mtaclient.Options{Network: "unix", Address: sock})
+	c := dialMX(t, sock)
+	res, err := c.Send(&mta.Message{Sender: "", Recipients: []string{"alice@example.com"}, QueueID: "4ABC1", Body: []byte("x\r\n")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := c.Send(&mtaclient.Message{Sender: "", Recipients: []string{"alice@example.com"}, QueueID: "4ABC1", Body: []byte("x\r\n")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
+	if _, err := c.Send(&mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
 		AuthUser: "alice", QueueID: "4ABC2", Body: []byte("x\r\n")}); err != nil {
 		t.Fatal(err)
 	}
 	if !res.Delivered() {
-		t.Fatalf("the bounce in the grace period was refused: %+v", res.Reply)
+		t.Fatalf("the bounce in the grace period was refused: %v", res)
 	}
-	_ = c.Quit()
 	c.Close()
 
 	types := map[string]dto.MetricType{}

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	gomilter "github.com/d--j/go-milter"
+
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
 	"github.com/batv/batv/keyring"
 )
 
@@ -77,7 +81,7 @@ func startFaultDaemon(t *testing.T, clock *fakeClock, created time.Time, signExt
 	return fd
 }
 
-func (fd *faultDaemon) dial() *mtaclient.Conn { return dialMX(fd.t, fd.sock) }
+func (fd *faultDaemon) dial() *mta.Session { return dialMX(fd.t, fd.sock) }
 
 // scraper does not keep connections open, so that goroutine counts are
 // not disturbed by idle HTTP connections.
@@ -131,46 +135,43 @@ func (fd *faultDaemon) sign(addr string, at time.Time) string {
 // faultMail is the checked mail of the fault tests: a signed submission,
 // a valid bounce, a forged bounce and an untagged bounce, in turn. The
 // daemon must decide each one the same way whatever happens to its files.
-func (fd *faultDaemon) faultMail(i int, c *mtaclient.Conn) error {
+func (fd *faultDaemon) faultMail(i int, c *mta.Session) error {
 	now := fd.clock.Now()
 	valid := fd.sign("alice@example.com", now.Add(-24*time.Hour))
 	forged := valid[:14] + string("01"[(valid[14]-'0'+1)%2]) + valid[15:]
 	verifier := batv.Verifier{Keys: fd.keys, Now: fd.clock.Now, Strict: true}
 	switch i % 4 {
 	case 0:
-		res, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
+		res, err := c.Send(&mta.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
 		if err != nil {
 			return err
 		}
-		if len(res.Modifications) != 1 {
-			return fmt.Errorf("submission: %v %v", res.Reply, res.Modifications)
+		if len(res.Changes) != 1 || res.SignedSender() == "" {
+			return fmt.Errorf("submission: %v", res)
 		}
-		cf, _ := res.Modifications[0].(*mtaclient.ChangeFrom)
-		if cf == nil {
-			return fmt.Errorf("submission: %v", res.Modifications)
-		}
-		if r, _ := verifier.Verify(strings.Trim(cf.Addr, "<>")); r.Status != batv.Valid {
-			return fmt.Errorf("submission signed as %s: %v", cf.Addr, r.Status)
+		if r, _ := verifier.Verify(res.SignedSender()); r.Status != batv.Valid {
+			return fmt.Errorf("submission signed as %s: %v", res.SignedSender(), r.Status)
 		}
 	case 1:
-		res, err := c.Send(&mtaclient.Message{Recipients: []string{valid}})
+		res, err := c.Send(&mta.Message{Recipients: []string{valid}})
 		if err != nil {
 			return err
 		}
-		if !res.Delivered() || len(res.Modifications) != 2 {
-			return fmt.Errorf("valid bounce to %s: %v %v", valid, res.Reply, res.Modifications)
+		if !res.Delivered() || len(res.Changes) != 2 {
+			return fmt.Errorf("valid bounce to %s: %v", valid, res)
 		}
 	case 2, 3:
 		rcpt := forged
 		if i%4 == 3 {
 			rcpt = "alice@example.com"
 		}
-		res, err := c.Send(&mtaclient.Message{Recipients: []string{rcpt}})
+		res, err := c.Send(&mta.Message{Recipients: []string{rcpt}})
 		if err != nil {
 			return err
 		}
-		if res.Rcpts[0].SMTPCode() != 550 || len(res.Modifications) != 0 {
-			return fmt.Errorf("bounce to %s: %v %v", rcpt, res.Rcpts[0], res.Modifications)
+		// A forged tag is refused at RCPT, an untagged address at DATA.
+		if res.Reply == nil || res.Reply.SMTPCode != 550 || len(res.Changes) != 0 {
+			return fmt.Errorf("bounce to %s: %v", rcpt, res)
 		}
 	}
 	return nil
@@ -396,30 +397,30 @@ func TestConfigFaultsOnReload(t *testing.T) {
 func day(n int) time.Time { return time.Unix(int64(n)*86400, 0).UTC() }
 
 // bounce sends a bounce to rcpt and reports "accept", or the 550 reply.
-func bounce(t *testing.T, c *mtaclient.Conn, rcpt string) string {
+func bounce(t *testing.T, c *mta.Session, rcpt string) string {
 	t.Helper()
-	res, err := c.Send(&mtaclient.Message{Recipients: []string{rcpt}})
+	res, err := c.Send(&mta.Message{Recipients: []string{rcpt}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Rcpts[0].Continue() {
+	if res.Rcpts[0].Type == gomilter.ActionContinue {
 		want := []string{"DELRCPT", "ADDRCPT"}
-		if !res.Delivered() || len(res.Modifications) != 2 {
-			t.Fatalf("bounce to %s accepted without %v: %v", rcpt, want, res.Modifications)
+		if !res.Delivered() || len(res.Changes) != 2 {
+			t.Fatalf("bounce to %s accepted without %v: %v", rcpt, want, res)
 		}
 		return "accept"
 	}
-	return res.Rcpts[0].Text
+	return res.Rcpts[0].SMTPReply
 }
 
 // signNow sends an authenticated submission and returns the signed sender.
-func signNow(t *testing.T, c *mtaclient.Conn) string {
+func signNow(t *testing.T, c *mta.Session) string {
 	t.Helper()
-	res, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
-	if err != nil || len(res.Modifications) != 1 {
+	res, err := c.Send(&mta.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
+	if err != nil || len(res.Changes) != 1 || res.SignedSender() == "" {
 		t.Fatalf("submission: %v %v", res, err)
 	}
-	return strings.Trim(res.Modifications[0].(*mtaclient.ChangeFrom).Addr, "<>")
+	return res.SignedSender()
 }
 
 // TestClockSteps: tags signed before the clock steps across midnight, the
@@ -525,21 +526,16 @@ func TestMTADropsConnectionsMidMessage(t *testing.T) {
 	if err := fd.faultMail(0, warm); err != nil {
 		t.Fatal(err)
 	}
-	warm.Quit()
+	warm.Close()
 	time.Sleep(100 * time.Millisecond)
 	baseline := runtime.NumGoroutine()
 	valid := fd.sign("alice@example.com", clock.Now().Add(-time.Hour))
 
 	const n = 50
-	var conns []*mtaclient.Conn
+	var conns []*mta.Session
 	for range n {
 		c := fd.dial()
-		if r, err := c.Mail("", nil, nil); err != nil || !r.Continue() {
-			t.Fatal(r, err)
-		}
-		if r, err := c.Rcpt(valid, nil, nil); err != nil || !r.Continue() {
-			t.Fatal(r, err)
-		}
+		beginBounce(t, c, valid)
 		conns = append(conns, c)
 	}
 	if got := fd.metric(`batv_connections_open{listener="milter"}`); got != n {
@@ -547,10 +543,10 @@ func TestMTADropsConnectionsMidMessage(t *testing.T) {
 	}
 	// The MTA goes away: every connection closes without a word.
 	for _, c := range conns {
-		c.NetConn().Close()
+		c.Drop()
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for strings.Count(fd.log.String(), "the MTA closed the connection in the middle of a message") < n {
+	for strings.Count(fd.log.String(), "session ended in the middle of a message") < n {
 		if time.Now().After(deadline) {
 			t.Fatalf("not every session end logged:\n%s", fd.log.String())
 		}
@@ -577,11 +573,61 @@ func TestMTADropsConnectionsMidMessage(t *testing.T) {
 	if count, err := wait(); err != nil || count < 20 {
 		t.Fatalf("after the MTA came back: %d messages, %v", count, err)
 	}
-	c := fd.dial()
+	// No change, and the message goes on (at the end of a message, accept
+	// is continue).
+	if replies := rawEndOfMessage(t, fd.sock); len(replies) != 1 || replies[0] != 'c' && replies[0] != 'a' {
+		t.Fatalf("end of message on a new connection: replies %q, want continue or accept alone", replies)
+	}
+}
+
+// rawEndOfMessage opens a milter connection as Postfix does (OPTNEG with
+// its offer, CONNECT from a remote MX) and sends an end of message with no
+// transaction, which the milter library's client will not send. It returns
+// the codes of the milter's replies, up to its final one.
+func rawEndOfMessage(t *testing.T, sock string) []byte {
+	t.Helper()
+	c, err := net.DialTimeout("unix", sock, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer c.Close()
-	res, err := c.EndOfMessage(nil)
-	if err != nil || len(res.Modifications) != 0 {
-		t.Fatalf("end of message on a new connection: %v %v", res, err)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	write := func(cmd byte, data []byte) {
+		t.Helper()
+		p := binary.BigEndian.AppendUint32(nil, uint32(len(data)+1))
+		if _, err := c.Write(append(append(p, cmd), data...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() byte {
+		t.Helper()
+		var hdr [5]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint32(hdr[:4]))-1); err != nil {
+			t.Fatal(err)
+		}
+		return hdr[4]
+	}
+	var optneg []byte
+	for _, v := range []uint32{6, 0x1ff, 0x1fffff} { // version, actions, protocol
+		optneg = binary.BigEndian.AppendUint32(optneg, v)
+	}
+	write('O', optneg)
+	if code := read(); code != 'O' {
+		t.Fatalf("reply %q to OPTNEG", code)
+	}
+	// batv asked for no reply to CONNECT.
+	write('C', []byte("mx.example.org\x004\x0f\xa0192.0.2.1\x00"))
+	write('E', nil)
+	var codes []byte
+	for {
+		code := read()
+		codes = append(codes, code)
+		if !strings.ContainsRune("+-2behimpq", rune(code)) { // not a modification or progress
+			return codes
+		}
 	}
 }
 
@@ -603,18 +649,18 @@ func TestNoSigningKey(t *testing.T) {
 			fd := startFaultDaemon(t, clock, created, "on_error = \""+tt.onError+"\"", "")
 			c := fd.dial()
 			defer c.Close()
-			res, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
+			res, err := c.Send(&mta.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(res.Modifications) != 0 {
-				t.Fatalf("signed with no signing key: %v", res.Modifications)
+			if len(res.Changes) != 0 {
+				t.Fatalf("signed with no signing key: %v", res)
 			}
 			switch {
 			case tt.reply == "" && !res.Delivered():
-				t.Fatalf("on_error=continue: %v", res.Reply)
-			case tt.reply != "" && !strings.HasPrefix(res.Reply.Text, tt.reply):
-				t.Fatalf("on_error=tempfail: %v, want %s", res.Reply, tt.reply)
+				t.Fatalf("on_error=continue: %v", res)
+			case tt.reply != "" && (res.Reply == nil || !strings.HasPrefix(res.Reply.SMTPReply, tt.reply)):
+				t.Fatalf("on_error=tempfail: %v, want %s", res, tt.reply)
 			}
 			if !strings.Contains(fd.log.String(), "signing failed") {
 				t.Error("no 'signing failed' in the log")

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bufio"
-	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -18,7 +17,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/keyring/keyringtest"
 )
@@ -182,13 +181,7 @@ grace_until = 2000-01-01T00:00:00Z
 	const bad, ok = "keyring changed but cannot be used", "keyring reloaded"
 
 	// Every kind of decision.
-	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: sock, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r, err := c.Connect("mx.example.org", mtaclient.FamilyInet, 4000, "192.0.2.1", nil); err != nil || !r.Continue() {
-		t.Fatal(r, err)
-	}
+	c := dialMX(t, sock)
 	signer := func(ago time.Duration) batv.Signer {
 		return batv.Signer{Keys: loaded, Now: func() time.Time { return now.Add(-ago) }}
 	}
@@ -197,18 +190,18 @@ grace_until = 2000-01-01T00:00:00Z
 	s = signer(10 * 24 * time.Hour)
 	expired, _ := s.Sign("alice@example.com")
 	forged := valid.Address[:14] + string("01"[(valid.Address[14]-'0'+1)%2]) + valid.Address[15:]
-	for _, m := range []mtaclient.Message{
+	for _, m := range []mta.Message{
 		{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: "alice"},
 		{Sender: "alice@example.org", Recipients: []string{"x@example.org"}, AuthUser: "alice"},
 		{Recipients: []string{valid.Address, forged, expired.Address, "prvs=3000000000=alice@example.com", "prvs=x=alice@example.com",
 			"alice@example.com", "postmaster@example.com", "someone@example.org"}},
-		{Sender: "carol@example.org", Recipients: []string{forged, valid.Address}, Headers: []mtaclient.Header{{Name: "X-BATV-Status", Value: "valid"}}},
+		{Sender: "carol@example.org", Recipients: []string{forged, valid.Address}, Headers: []mta.Header{{Name: "X-BATV-Status", Value: "valid"}}},
 	} {
 		if _, err := c.Send(&m); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c.Quit()
+	c.Close()
 	for _, q := range [][2]string{{"untag", valid.Address}, {"untag", forged}, {"strip", forged}, {"strip", "prvs=0000000000=alice"}, {"bogus", "x"}} {
 		socketmapQuery(t, mapSock, q[0], q[1])
 	}

@@ -163,6 +163,28 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
+// reconfigure appends lines to the [verify] table of the site's
+// configuration (the last one) and waits for batv to reload it.
+func (s *site) reconfigure(t *testing.T, lines string) {
+	t.Helper()
+	cfg, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, s.config, string(cfg)+lines+"\n")
+	reloads := strings.Count(s.daemon.Log(), "msg=reloaded")
+	if err := s.daemon.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(s.daemon.Log(), "msg=reloaded") == reloads {
+		if time.Now().After(deadline) {
+			t.Fatalf("batv did not reload:\n%s", s.daemon.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // batv runs the binary and returns its stdout; it fails the test on a
 // non-zero exit.
 func (s *site) batv(args ...string) string {
@@ -342,13 +364,12 @@ func TestPostfixEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("3 forged, expired and untagged bounces are refused at RCPT", func(t *testing.T) {
+	t.Run("3 forged and expired bounces are refused at RCPT, untagged ones at DATA", func(t *testing.T) {
 		valid := s.sign(user, 1)
 		forged := valid[:9] + flip(valid[9:15]) + valid[15:]
 		for _, tt := range []struct{ rcpt, text string }{
 			{forged, "550 5.7.1 Bounce refused: the recipient address tag is not valid (BATV)"},
 			{s.sign(user, 9), "550 5.7.1 Bounce refused: the recipient address tag is expired (BATV)"},
-			{user, "550 5.7.1 Bounce refused: this address sends only tagged mail"},
 		} {
 			res, err := pf.SendMX("", []string{tt.rcpt}, message("MAILER-DAEMON@remote.test", tt.rcpt, "bounce refused"))
 			if err != nil {
@@ -358,6 +379,14 @@ func TestPostfixEndToEnd(t *testing.T) {
 			if r == nil || !strings.HasPrefix(r.String(), tt.text) || res.Accepted() {
 				t.Errorf("RCPT %s: %v, want %q", tt.rcpt, r, tt.text)
 			}
+		}
+		res, err := pf.SendMX("", []string{user}, message("MAILER-DAEMON@remote.test", user, "bounce refused at DATA"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		const text = "550 5.7.1 Bounce refused: this address sends only tagged mail"
+		if r := res.Rcpt(user); r == nil || r.Code != 250 || res.Data == nil || !strings.HasPrefix(res.Data.String(), text) || res.Accepted() {
+			t.Errorf("untagged bounce: %v, want 250 at RCPT and %q at DATA", res, text)
 		}
 	})
 

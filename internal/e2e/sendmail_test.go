@@ -176,11 +176,18 @@ func TestSendmailEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("forged, expired and untagged bounces are refused at RCPT", func(t *testing.T) {
+	t.Run("forged and expired bounces are refused at RCPT, untagged ones at DATA", func(t *testing.T) {
+		res, err := sm.Send(sm.MTAAddr(), "", []string{user}, message("MAILER-DAEMON@remote.test", user, "bounce refused at DATA"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		const text = "550 5.7.1 Bounce refused: this address sends only tagged mail"
+		if r := res.Rcpt(user); r == nil || r.Code != 250 || res.Data == nil || !strings.HasPrefix(res.Data.String(), text) || res.Accepted() {
+			t.Errorf("untagged bounce: %v, want 250 at RCPT and %q at DATA", res, text)
+		}
 		for _, tt := range []struct{ rcpt, reason string }{
 			{forgeSub(s.signSub(user, 1)), "Bounce refused: the recipient address tag is not valid (BATV)"},
 			{s.signSub(user, 9), "Bounce refused: the recipient address tag is expired (BATV)"},
-			{user, "Bounce refused: this address sends only tagged mail"},
 		} {
 			res, err := sm.Send(sm.MTAAddr(), "", []string{tt.rcpt}, message("MAILER-DAEMON@remote.test", tt.rcpt, "bounce refused"))
 			if err != nil {

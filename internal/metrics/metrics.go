@@ -14,6 +14,7 @@ type Metrics struct {
 	outbound    *prometheus.CounterVec
 	inbound     *prometheus.CounterVec
 	multiRcpt   prometheus.Counter
+	dataRefused prometheus.Counter
 	latency     *prometheus.HistogramVec
 	conns       *prometheus.GaugeVec
 	connsTotal  *prometheus.CounterVec
@@ -35,6 +36,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		multiRcpt: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "batv_bounces_multiple_recipients_total",
 			Help: "Null-sender messages with more than one recipient in a protected domain (genuine bounces have one).",
+		}),
+		dataRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "batv_bounces_refused_at_data_total",
+			Help: "Bounce transactions refused at DATA because of their untagged recipients (accepted at RCPT so that callouts succeed).",
 		}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "batv_decision_seconds",
@@ -58,7 +63,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Socketmap lookups by map and result.",
 		}, []string{"map", "result"}),
 	}
-	reg.MustRegister(m.outbound, m.inbound, m.multiRcpt, m.latency, m.conns, m.connsTotal, m.sessionEnds, m.lookups)
+	reg.MustRegister(m.outbound, m.inbound, m.multiRcpt, m.dataRefused, m.latency, m.conns, m.connsTotal, m.sessionEnds, m.lookups)
 	return m
 }
 
@@ -85,6 +90,13 @@ func (m *Metrics) Recipient(d policy.Decision) {
 func (m *Metrics) MultipleRecipients() {
 	if m != nil {
 		m.multiRcpt.Inc()
+	}
+}
+
+// DataRefusal counts a bounce transaction refused at DATA.
+func (m *Metrics) DataRefusal() {
+	if m != nil {
+		m.dataRefused.Inc()
 	}
 }
 

@@ -15,7 +15,6 @@ package soak
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"fmt"
 	"math"
@@ -35,7 +34,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
 	"github.com/batv/batv/keyring"
 )
 
@@ -406,35 +405,32 @@ grace_until = 2000-01-01T00:00:00Z
 // process dies).
 func soakSession(rng *mrand.Rand, sock string, w int, perConn float64, stop <-chan struct{}, messages *atomic.Int64,
 	fail func(error), verifier batv.Verifier, valid, forged string) {
-	c, err := mtaclient.Dial(context.Background(), mtaclient.Options{Network: "unix", Address: sock, Timeout: 30 * time.Second})
-	if err != nil {
-		fail(fmt.Errorf("session %d: dial: %w", w, err))
-		time.Sleep(time.Second)
-		return
-	}
-	defer c.Close()
 	client := fmt.Sprintf("10.%d.%d.%d", w>>16&255, w>>8&255, w&255) // internal: ours to sign
 	if w%2 == 1 {
 		client = fmt.Sprintf("192.0.%d.%d", w>>8&255, w&255) // outside
 	}
-	if r, err := c.Connect("client.example", mtaclient.FamilyInet, 25000, client, nil); err != nil || !r.Continue() {
-		fail(fmt.Errorf("session %d: connect: %v %v", w, r, err))
+	// The milter must continue at CONNECT (and HELO).
+	c, err := mta.New("unix", sock, 30*time.Second).Session(mta.SMTPClient{Addr: client, Port: 25000})
+	if err != nil {
+		fail(fmt.Errorf("session %d: connect: %w", w, err))
+		time.Sleep(time.Second)
 		return
 	}
+	defer c.Drop()
 	n := 1 + rng.IntN(8)
 	for i := range n {
 		// Exponential gaps: a Poisson arrival of messages per session.
 		gap := time.Duration(rng.ExpFloat64() / perConn * float64(time.Second))
 		select {
 		case <-stop:
-			c.Quit()
+			c.Close()
 			return
 		case <-time.After(gap):
 		}
 		if i == n-1 && rng.IntN(20) == 0 {
 			// Dies in the middle of a message.
-			c.Mail("", nil, nil)
-			c.Rcpt(valid, nil, nil)
+			c.Raw().Mail("", "")
+			c.Raw().Rcpt(valid, "")
 			return
 		}
 		if err := soakMessage(rng, c, client, w%2 == 0, verifier, valid, forged); err != nil {
@@ -446,61 +442,61 @@ func soakSession(rng *mrand.Rand, sock string, w int, perConn float64, stop <-ch
 	if rng.IntN(10) == 0 {
 		return // closes without QUIT
 	}
-	c.Quit()
+	c.Close()
 }
 
-func soakMessage(rng *mrand.Rand, c *mtaclient.Conn, client string, internal bool, verifier batv.Verifier, valid, forged string) error {
+func soakMessage(rng *mrand.Rand, c *mta.Session, client string, internal bool, verifier batv.Verifier, valid, forged string) error {
 	switch rng.IntN(4) {
 	case 0: // outbound: signed when the client is internal or authenticated
 		auth := ""
 		if rng.IntN(2) == 0 {
 			auth = "alice"
 		}
-		res, err := c.Send(&mtaclient.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: auth,
-			Headers: []mtaclient.Header{{Name: "Subject", Value: "soak"}}, Body: []byte("soak\r\n")})
+		res, err := c.Send(&mta.Message{Sender: "alice@example.com", Recipients: []string{"x@example.org"}, AuthUser: auth,
+			Headers: []mta.Header{{Name: "Subject", Value: "soak"}}, Body: []byte("soak\r\n")})
 		if err != nil {
 			return err
 		}
 		if !internal && auth == "" {
-			if len(res.Modifications) != 0 {
-				return fmt.Errorf("outside client %s, unauthenticated: signed anyway: %v", client, res.Modifications)
+			if len(res.Changes) != 0 {
+				return fmt.Errorf("outside client %s, unauthenticated: signed anyway: %v", client, res)
 			}
 			return nil
 		}
-		if len(res.Modifications) != 1 {
-			return fmt.Errorf("submission from %s: %v %v", client, res.Reply, res.Modifications)
+		if len(res.Changes) != 1 {
+			return fmt.Errorf("submission from %s: %v", client, res)
 		}
-		cf, ok := res.Modifications[0].(*mtaclient.ChangeFrom)
-		if !ok {
-			return fmt.Errorf("submission: %v", res.Modifications)
+		signed := res.SignedSender()
+		if signed == "" {
+			return fmt.Errorf("submission: %v", res)
 		}
-		if r, _ := verifier.Verify(strings.Trim(cf.Addr, "<>")); r.Status != batv.Valid {
-			return fmt.Errorf("signed as %s: %v", cf.Addr, r.Status)
+		if r, _ := verifier.Verify(signed); r.Status != batv.Valid {
+			return fmt.Errorf("signed as %s: %v", signed, r.Status)
 		}
 	case 1: // a valid bounce
-		res, err := c.Send(&mtaclient.Message{Recipients: []string{valid}})
+		res, err := c.Send(&mta.Message{Recipients: []string{valid}})
 		if err != nil {
 			return err
 		}
-		if !res.Delivered() || len(res.Modifications) != 2 {
-			return fmt.Errorf("valid bounce: %v %v", res.Reply, res.Modifications)
+		if !res.Delivered() || len(res.Changes) != 2 {
+			return fmt.Errorf("valid bounce: %v", res)
 		}
 	case 2: // a forged bounce
-		res, err := c.Send(&mtaclient.Message{Recipients: []string{forged}})
+		res, err := c.Send(&mta.Message{Recipients: []string{forged}})
 		if err != nil {
 			return err
 		}
-		if res.Rcpts[0].SMTPCode() != 550 {
+		if res.Rcpts[0].SMTPCode != 550 {
 			return fmt.Errorf("forged bounce: %v", res.Rcpts[0])
 		}
 	case 3: // a reply to a tag, with a forged status header
-		res, err := c.Send(&mtaclient.Message{Sender: "carol@example.org", Recipients: []string{valid},
-			Headers: []mtaclient.Header{{Name: "X-BATV-Status", Value: "valid"}}})
+		res, err := c.Send(&mta.Message{Sender: "carol@example.org", Recipients: []string{valid},
+			Headers: []mta.Header{{Name: "X-BATV-Status", Value: "valid"}}})
 		if err != nil {
 			return err
 		}
-		if !res.Delivered() || len(res.Modifications) != 3 {
-			return fmt.Errorf("reply: %v %v", res.Reply, res.Modifications)
+		if !res.Delivered() || len(res.Changes) != 3 {
+			return fmt.Errorf("reply: %v", res)
 		}
 	}
 	return nil

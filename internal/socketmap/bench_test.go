@@ -5,18 +5,19 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/internal/serve"
 )
 
 // benchHandler answers every lookup with a fixed result, allocating
 // nothing, so that the benchmarks measure the server.
-var benchHandler = HandlerFunc(func(_ context.Context, _, key string) Reply {
+var benchHandler = HandlerFunc(func(_, key string) Reply {
 	if len(key) == 0 {
 		return NotFound()
 	}
@@ -40,12 +41,12 @@ func startBenchServer(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := &Server{Handler: benchHandler}
-	go func() { _ = s.Serve(ln) }()
+	l := serve.New(ln, serve.Options{})
+	go func() { _ = l.Serve(func(c *serve.Conn) { ServeConn(c, benchHandler) }) }()
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = s.Shutdown(ctx)
+		_ = l.Shutdown(ctx)
 	})
 	return path
 }
@@ -106,17 +107,15 @@ func BenchmarkRoundTripParallel(b *testing.B) {
 // BenchmarkServeInMemory measures the server alone: b.N pipelined
 // requests on one in-memory connection. allocs/op is the server's
 // allocations per request (the key string given to the handler, plus the
-// connection's setup spread over b.N).
+// listener's and the connection's setup spread over b.N).
 func BenchmarkServeInMemory(b *testing.B) {
 	input := []byte(strings.Repeat(benchRequest, b.N))
-	s := &Server{Handler: benchHandler, Logger: slog.New(slog.DiscardHandler)}
 	conn := newMemConn(input, 64<<10)
 	conn.out.Grow(b.N * len(benchReply))
 	b.ReportAllocs()
 	b.ResetTimer()
-	s.startConn(conn)
-	if !conn.waitClosed(time.Minute) {
-		b.Fatal("timeout")
+	if err := serveMem(benchHandler, nil, conn, time.Minute); err != nil {
+		b.Fatal(err)
 	}
 	b.StopTimer()
 	out, _ := conn.output()
@@ -134,11 +133,11 @@ func TestAllocsPerRequest(t *testing.T) {
 	const n = 2000
 	input := []byte(strings.Repeat(benchRequest, n))
 	allocs := testing.AllocsPerRun(5, func() {
-		s := &Server{Handler: benchHandler, Logger: slog.New(slog.DiscardHandler)}
 		conn := newMemConn(input, 64<<10)
 		conn.out.Grow(n * len(benchReply))
-		s.startConn(conn)
-		conn.waitClosed(time.Minute)
+		if err := serveMem(benchHandler, nil, conn, time.Minute); err != nil {
+			t.Fatal(err)
+		}
 	})
 	perRequest := allocs / n
 	t.Logf("%.0f allocations for %d requests (%.3f per request)", allocs, n, perRequest)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,14 +16,19 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/batv/batv/internal/testenv/conntest"
+
+	"github.com/batv/batv/internal/serve"
 )
 
 // memConn is an in-memory net.Conn: reads come from a fixed input in
-// chunks of at most chunk bytes (then io.EOF), writes go to a buffer.
-// Nothing blocks, so a server reading it cannot hang.
+// chunks of at most chunk bytes (then io.EOF, or end if set), writes go
+// to a buffer. Nothing blocks, so a server reading it cannot hang.
 type memConn struct {
 	in     *bytes.Reader
 	chunk  int
+	end    error
 	mu     sync.Mutex
 	out    bytes.Buffer
 	writes int
@@ -43,7 +49,11 @@ func (c *memConn) Read(p []byte) (int, error) {
 	if len(p) > c.chunk {
 		p = p[:c.chunk]
 	}
-	return c.in.Read(p)
+	n, err := c.in.Read(p)
+	if err == io.EOF && c.end != nil {
+		err = c.end
+	}
+	return n, err
 }
 
 func (c *memConn) Write(p []byte) (int, error) {
@@ -81,6 +91,29 @@ func (c *memConn) waitClosed(d time.Duration) bool {
 	case <-time.After(d):
 		return false
 	}
+}
+
+// serveMem serves conn with h through a serve.Listener, as a socket is
+// served, and returns once the server has closed conn and the listener is
+// shut down; or an error if the server did not close conn within d.
+func serveMem(h Handler, log *slog.Logger, conn *memConn, d time.Duration) error {
+	ln := conntest.NewChanListener()
+	l := serve.New(ln, serve.Options{Name: "mem", Logger: log})
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(func(c *serve.Conn) { ServeConn(c, h) }) }()
+	ln.Conns <- conn
+	closed := conn.waitClosed(d)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	err := l.Shutdown(ctx)
+	<-served
+	switch {
+	case !closed:
+		return fmt.Errorf("the server did not close the connection within %v", d)
+	case err != nil:
+		return fmt.Errorf("Shutdown: %w", err)
+	}
+	return nil
 }
 
 // refRequests is an independent reference parser: the requests that a
@@ -160,24 +193,16 @@ func FuzzServe(f *testing.F) {
 			mu    sync.Mutex
 			calls []string
 		)
-		h := HandlerFunc(func(_ context.Context, name, key string) Reply {
+		h := HandlerFunc(func(name, key string) Reply {
 			mu.Lock()
 			calls = append(calls, name+"\x00"+key)
 			mu.Unlock()
 			return toyReply(name, key)
 		})
 		rec := newLogRecorder()
-		s := &Server{Handler: h, Logger: slog.New(rec)}
 		conn := newMemConn(data, 1+int(chunk%16)*int(chunk%16)*40)
-		s.startConn(conn)
-		if !conn.waitClosed(10 * time.Second) {
-			t.Fatal("server did not close the connection after the input ended")
-		}
-		// The connection goroutine may still be unregistering.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Fatalf("Shutdown: %v", err)
+		if err := serveMem(h, slog.New(rec), conn, 10*time.Second); err != nil {
+			t.Fatal(err)
 		}
 
 		want := refRequests(data)

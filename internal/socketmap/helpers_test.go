@@ -16,6 +16,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/batv/batv/internal/metrics"
+	"github.com/batv/batv/internal/serve"
 )
 
 // logRecorder is a slog.Handler that keeps every record, rendered as
@@ -81,17 +86,26 @@ func (l *logRecorder) wait(t *testing.T, substrs ...string) string {
 	}
 }
 
-// testServer is a Server on a unix socket in a temporary directory.
+// testServer is a serve.Listener on a unix socket in a temporary
+// directory, serving the socketmap protocol.
 type testServer struct {
-	*Server
+	*serve.Listener
 	path    string
 	log     *logRecorder
+	reg     *prometheus.Registry
 	serveCh chan error
 }
 
-// startServer starts s (its Logger is replaced by a recorder) and shuts it
-// down at the end of the test.
-func startServer(t *testing.T, s *Server) *testServer {
+// startServer serves h with opts (its Name, Logger and Metrics are set
+// here) and shuts the listener down at the end of the test.
+func startServer(t *testing.T, h Handler, opts serve.Options) *testServer {
+	t.Helper()
+	return startServerFunc(t, opts, func(c *serve.Conn) { ServeConn(c, h) })
+}
+
+// startServerFunc is startServer with the function that serves each
+// connection.
+func startServerFunc(t *testing.T, opts serve.Options, handle func(*serve.Conn)) *testServer {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "smap") // short: sun_path is 108 bytes
 	if err != nil {
@@ -103,25 +117,75 @@ func startServer(t *testing.T, s *Server) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{Server: s, path: path, log: newLogRecorder(), serveCh: make(chan error, 1)}
-	s.Logger = slog.New(ts.log)
-	go func() { ts.serveCh <- s.Serve(ln) }()
+	ts := &testServer{path: path, log: newLogRecorder(), reg: prometheus.NewRegistry(), serveCh: make(chan error, 1)}
+	opts.Name = "socketmap"
+	opts.Logger = slog.New(ts.log)
+	opts.Metrics = metrics.New(ts.reg)
+	ts.Listener = serve.New(ln, opts)
+	go func() { ts.serveCh <- ts.Serve(handle) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
+		if err := ts.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
 		select {
 		case err := <-ts.serveCh:
-			if !errors.Is(err, ErrServerClosed) {
-				t.Errorf("Serve returned %v, want ErrServerClosed", err)
+			if !errors.Is(err, serve.ErrClosed) {
+				t.Errorf("Serve returned %v, want serve.ErrClosed", err)
 			}
 		case <-time.After(5 * time.Second):
 			t.Error("Serve did not return after Shutdown")
 		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", strings.Join(ts.log.all(), "\n"))
+		}
 	})
 	return ts
+}
+
+// metric returns the value of one series of the listener's metrics, e.g.
+// `batv_connections_total{listener="socketmap",result="accepted"}`; 0 if
+// there is none.
+func (ts *testServer) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	families, err := ts.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+`="`+l.GetValue()+`"`)
+			}
+			if mf.GetName()+"{"+strings.Join(labels, ",")+"}" == series {
+				if g := m.GetGauge(); g != nil {
+					return g.GetValue()
+				}
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// accepted is the number of connections accepted so far.
+func (ts *testServer) accepted(t *testing.T) int {
+	t.Helper()
+	return int(ts.metric(t, `batv_connections_total{listener="socketmap",result="accepted"}`))
+}
+
+// waitOpen waits until n connections are open.
+func (ts *testServer) waitOpen(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.Open() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections open, want %d", ts.Open(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (ts *testServer) dial(t *testing.T) *testClient {
@@ -245,7 +309,7 @@ type recordingHandler struct {
 	calls []string
 }
 
-func (h *recordingHandler) Lookup(_ context.Context, name, key string) Reply {
+func (h *recordingHandler) Lookup(name, key string) Reply {
 	h.mu.Lock()
 	h.calls = append(h.calls, name+"|"+key)
 	h.mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
@@ -43,26 +44,29 @@ func TestPostfixCanonicalKeyCase(t *testing.T) {
 		mu      sync.Mutex
 		lookups []lookup
 	)
-	handler := HandlerFunc(func(ctx context.Context, name, key string) Reply {
-		prog, _ := ctx.Value(progKey{}).(string)
-		mu.Lock()
-		lookups = append(lookups, lookup{prog, key})
-		mu.Unlock()
-		if name == "untag" && strings.EqualFold(key, tagged) {
-			return OK(target)
-		}
-		return NotFound()
-	})
+	// The handler of each connection knows the program at the other end.
+	handle := func(c *serve.Conn) {
+		prog := peerProgram(c.Conn)
+		ServeConn(c, HandlerFunc(func(name, key string) Reply {
+			mu.Lock()
+			lookups = append(lookups, lookup{prog, key})
+			mu.Unlock()
+			if name == "untag" && strings.EqualFold(key, tagged) {
+				return OK(target)
+			}
+			return NotFound()
+		}))
+	}
 	sockDir := postfixtest.TempDir(t)
 	path := sockDir + "/map.sock"
 	ln := postfixtest.ListenUnix(t, path)
 	rec := newLogRecorder()
-	srv := &Server{Handler: handler, Logger: slog.New(rec), ConnContext: peerProgram}
-	go func() { _ = srv.Serve(ln) }()
+	l := serve.New(ln, serve.Options{Name: "socketmap", Logger: slog.New(rec)})
+	go func() { _ = l.Serve(handle) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(ctx)
+		_ = l.Shutdown(ctx)
 		if t.Failed() {
 			t.Logf("server log:\n%s", strings.Join(rec.all(), "\n"))
 		}
@@ -132,31 +136,29 @@ func TestPostfixCanonicalKeyCase(t *testing.T) {
 	}
 }
 
-type progKey struct{}
-
-// peerProgram puts the name of the connecting program (from SO_PEERCRED
-// and /proc/PID/comm) in the context.
-func peerProgram(ctx context.Context, c net.Conn) context.Context {
+// peerProgram returns the name of the program at the other end of a unix
+// socket (from SO_PEERCRED and /proc/PID/comm), or "" if it cannot tell.
+func peerProgram(c net.Conn) string {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return ctx
+		return ""
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return ctx
+		return ""
 	}
 	var cred *syscall.Ucred
 	_ = raw.Control(func(fd uintptr) {
 		cred, err = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 	})
 	if err != nil || cred == nil {
-		return ctx
+		return ""
 	}
 	comm, err := os.ReadFile("/proc/" + strconv.Itoa(int(cred.Pid)) + "/comm")
 	if err != nil {
-		return ctx
+		return ""
 	}
-	return context.WithValue(ctx, progKey{}, strings.TrimSpace(string(comm)))
+	return strings.TrimSpace(string(comm))
 }
 
 // TestPostfixSurvivesServerRestart: Postfix daemons keep socketmap
@@ -169,7 +171,7 @@ func TestPostfixSurvivesServerRestart(t *testing.T) {
 		tagged = "prvs=0123abcdef=alice@example.com"
 		target = "alice@example.com"
 	)
-	handler := HandlerFunc(func(_ context.Context, name, key string) Reply {
+	handler := HandlerFunc(func(name, key string) Reply {
 		if name == "untag" && key == tagged {
 			return OK(target)
 		}
@@ -177,16 +179,15 @@ func TestPostfixSurvivesServerRestart(t *testing.T) {
 	})
 	sockDir := postfixtest.TempDir(t)
 	path := sockDir + "/map.sock"
-	start := func() *Server {
-		ln := postfixtest.ListenUnix(t, path)
-		srv := &Server{Handler: handler}
-		go func() { _ = srv.Serve(ln) }()
+	start := func() *serve.Listener {
+		l := serve.New(postfixtest.ListenUnix(t, path), serve.Options{Name: "socketmap"})
+		go func() { _ = l.Serve(func(c *serve.Conn) { ServeConn(c, handler) }) }()
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			_ = srv.Shutdown(ctx)
+			_ = l.Shutdown(ctx)
 		})
-		return srv
+		return l
 	}
 	first := start()
 	inst := postfixtest.Start(t, postfixtest.Options{Main: map[string]string{
@@ -207,7 +208,7 @@ func TestPostfixSurvivesServerRestart(t *testing.T) {
 		}
 	}
 	send("before restart")
-	if n := first.OpenConns(); n == 0 {
+	if n := first.Open(); n == 0 {
 		t.Fatalf("Postfix kept no socketmap connection open")
 	} else {
 		t.Logf("%d socketmap connections open before the restart", n)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/internal/serve"
 )
 
 // These tests use postmap(1) from the installed Postfix as a real
@@ -79,7 +81,7 @@ func runPostmap(t *testing.T, bin, configDir, stdin string, args ...string) post
 func TestPostmap(t *testing.T) {
 	bin, cfg := postmapEnv(t)
 	h := &recordingHandler{}
-	ts := startServer(t, &Server{Handler: h})
+	ts := startServer(t, h, serve.Options{})
 	table := "socketmap:unix:" + ts.path + ":untag"
 
 	t.Run("found", func(t *testing.T) {
@@ -145,12 +147,12 @@ func TestPostmap(t *testing.T) {
 		for range 20 {
 			in.WriteString("nobody@example.com\n")
 		}
-		before, opened := len(h.got()), countLog(ts.log, "connection opened")
+		before, opened := len(h.got()), ts.accepted(t)
 		runPostmap(t, bin, cfg, in.String(), "-q", "-", table)
 		if n := len(h.got()) - before; n != 20 {
 			t.Errorf("handler saw %d lookups, want 20", n)
 		}
-		if n := countLog(ts.log, "connection opened") - opened; n != 1 {
+		if n := ts.accepted(t) - opened; n != 1 {
 			t.Errorf("%d connections for 20 lookups, want 1", n)
 		}
 	})
@@ -179,7 +181,7 @@ func TestPostmapReconnectsAfterIdleClose(t *testing.T) {
 		t.Skip("no sh to run postmap with SIGPIPE ignored")
 	}
 	h := &recordingHandler{}
-	ts := startServer(t, &Server{Handler: h, IdleTimeout: 200 * time.Millisecond})
+	ts := startServer(t, h, serve.Options{IdleTimeout: 200 * time.Millisecond})
 	table := "socketmap:unix:" + ts.path + ":untag"
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -198,7 +200,7 @@ func TestPostmapReconnectsAfterIdleClose(t *testing.T) {
 	if _, err := io.WriteString(stdin, "found-1\n"); err != nil {
 		t.Fatal(err)
 	}
-	ts.log.wait(t, "idle timeout") // the server closed postmap's connection
+	ts.log.wait(t, "the peer sent nothing for too long") // the server closed postmap's connection
 	if _, err := io.WriteString(stdin, "found-2\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +214,7 @@ func TestPostmapReconnectsAfterIdleClose(t *testing.T) {
 	if out.String() != want {
 		t.Errorf("stdout %q, want %q", out.String(), want)
 	}
-	if n := countLog(ts.log, "connection opened"); n != 2 {
+	if n := ts.accepted(t); n != 2 {
 		t.Errorf("%d connections, want 2 (a reconnect)", n)
 	}
 }

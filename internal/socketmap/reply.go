@@ -97,11 +97,10 @@ func (r Reply) String() string {
 
 // Reasons sent in place of a reply that cannot be sent as it is.
 const (
-	reasonBadStatus  = "invalid reply status from lookup handler"
-	reasonBadData    = "invalid characters in lookup result"
-	reasonTooLong    = "lookup result too long"
-	reasonPanic      = "internal error in lookup handler"
-	reasonOverloaded = "too many connections"
+	reasonBadStatus = "invalid reply status from lookup handler"
+	reasonBadData   = "invalid characters in lookup result"
+	reasonTooLong   = "lookup result too long"
+	reasonPanic     = "internal error in lookup handler"
 )
 
 // sanitize returns the reply as the server sends it: an OK reply with

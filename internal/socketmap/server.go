@@ -49,17 +49,13 @@ package socketmap
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"os"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
-	"time"
+
+	"github.com/batv/batv/internal/serve"
 )
 
 // MaxRequestSize is the largest request payload ("name key") the server
@@ -67,216 +63,18 @@ import (
 // closed. Postfix's own address limits are far below it.
 const MaxRequestSize = 10000
 
-// Defaults used when the corresponding Server field is zero.
-const (
-	// DefaultIdleTimeout is well above Postfix's socketmap client timeouts
-	// (10 s idle, 100 s per request and per connection), so Postfix is
-	// normally the one that closes an idle connection.
-	DefaultIdleTimeout = 10 * time.Minute
-	// DefaultWriteTimeout bounds the write of each reply.
-	DefaultWriteTimeout = 30 * time.Second
-)
-
-// ErrServerClosed is returned by Serve once Shutdown has been called.
-var ErrServerClosed = errors.New("socketmap: server closed")
-
-// Handler answers socketmap lookups.
-//
-// Lookup is called with the map name and the key of one request; requests
-// on one connection are handled one after another, requests on different
-// connections concurrently. ctx is canceled when Shutdown gives up waiting
-// (its context ends) or the server otherwise closes the connection. A
-// panic in Lookup is recovered and logged, and answered with TEMP.
+// Handler answers the socketmap lookups of one connection, one after
+// another. A panic in Lookup is recovered and logged, and answered with
+// TEMP.
 type Handler interface {
-	Lookup(ctx context.Context, name, key string) Reply
+	Lookup(name, key string) Reply
 }
 
 // HandlerFunc adapts a function to the Handler interface.
-type HandlerFunc func(ctx context.Context, name, key string) Reply
+type HandlerFunc func(name, key string) Reply
 
-// Lookup calls f(ctx, name, key).
-func (f HandlerFunc) Lookup(ctx context.Context, name, key string) Reply {
-	return f(ctx, name, key)
-}
-
-// Server serves the socketmap protocol on one or more listeners. Set its
-// fields before the first call to Serve and do not change them after. Its
-// methods are safe for concurrent use.
-type Server struct {
-	// Handler answers the lookups; it must not be nil.
-	Handler Handler
-	// IdleTimeout is how long the server waits for a complete request
-	// (from the end of the previous reply, or from the connection) before
-	// it closes the connection. Zero means DefaultIdleTimeout.
-	IdleTimeout time.Duration
-	// WriteTimeout bounds the write of each reply. Zero means
-	// DefaultWriteTimeout.
-	WriteTimeout time.Duration
-	// MaxConns limits the number of open connections; 0 means no limit. A
-	// connection over the limit is closed at once (logged as a warning);
-	// Postfix retries once, then defers the lookup with a "lookup error".
-	MaxConns int
-	// Logger receives protocol errors (malformed requests, invalid handler
-	// results, panics) as warnings and errors, and connection events at
-	// debug level. Nil discards them.
-	Logger *slog.Logger
-	// OnLookup, when not nil, is called after each lookup with the
-	// request, the reply as sent (see Reply) and the time the handler
-	// took, e.g. for metrics. It runs on the connection's goroutine before
-	// the reply is written, so it must be fast.
-	OnLookup func(name, key string, reply Reply, elapsed time.Duration)
-	// ConnContext, when not nil, returns the context for the lookups of a
-	// new connection, derived from ctx (e.g. to carry the peer's
-	// credentials to the Handler). It runs on the connection's goroutine.
-	ConnContext func(ctx context.Context, c net.Conn) context.Context
-
-	mu        sync.Mutex
-	listeners map[*net.Listener]struct{}
-	conns     map[*conn]struct{}
-	drained   chan struct{} // made by Shutdown, closed when conns is empty
-	closing   atomic.Bool
-	lastID    atomic.Uint64
-}
-
-// Serve accepts connections on ln and serves each on its own goroutine
-// until Shutdown is called or ln fails. It returns ErrServerClosed after
-// Shutdown (closing ln if Shutdown came first), and otherwise the error
-// that stopped it: an error wrapping net.ErrClosed when ln was closed by
-// someone else. Temporary accept errors (e.g. out of file descriptors)
-// are logged and retried with a backoff. Serve may be called with several
-// listeners, concurrently.
-func (s *Server) Serve(ln net.Listener) error {
-	if s.Handler == nil {
-		return errors.New("socketmap: Server.Handler is nil")
-	}
-	key := &ln
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		_ = ln.Close()
-		return ErrServerClosed
-	}
-	if s.listeners == nil {
-		s.listeners = map[*net.Listener]struct{}{}
-	}
-	s.listeners[key] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, key)
-		s.mu.Unlock()
-	}()
-
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.closing.Load() {
-				return ErrServerClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("socketmap: accept: %w", err)
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.logger().Warn("socketmap: accept failed, retrying", "listener", ln.Addr().String(), "err", err, "retry_in", backoff)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
-		s.startConn(nc)
-	}
-}
-
-// Shutdown stops the server gracefully: it closes the listeners, closes
-// the connections that are waiting for a request (a request being read is
-// dropped: Postfix retries it on a new connection), lets each lookup in
-// progress finish and send its reply and then closes that connection too,
-// and waits until every connection is closed. If ctx ends first, Shutdown
-// cancels the handlers' contexts, closes every remaining connection and
-// returns ctx.Err() without waiting further. Otherwise it returns the
-// first error from closing a listener, or nil. Shutdown may be called more
-// than once; Serve returns ErrServerClosed once it has been called.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing.Store(true)
-	var err error
-	for key := range s.listeners {
-		if e := (*key).Close(); e != nil && !errors.Is(e, net.ErrClosed) && err == nil {
-			err = e
-		}
-	}
-	// A connection waiting for a request wakes up and closes. A connection
-	// inside a lookup sets its own read deadline after writing the reply,
-	// then sees s.closing and closes; one that set its deadline just before
-	// s.closing was set has it overridden here.
-	for c := range s.conns {
-		_ = c.rwc.SetReadDeadline(aLongTimeAgo)
-	}
-	if s.drained == nil {
-		s.drained = make(chan struct{})
-		if len(s.conns) == 0 {
-			close(s.drained)
-		}
-	}
-	drained := s.drained
-	s.mu.Unlock()
-
-	select {
-	case <-drained:
-		return err
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.cancel()
-			_ = c.rwc.Close()
-		}
-		s.mu.Unlock()
-		return ctx.Err()
-	}
-}
-
-// OpenConns returns the number of open connections.
-func (s *Server) OpenConns() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
-
-var aLongTimeAgo = time.Unix(1, 0)
-
-func (s *Server) logger() *slog.Logger {
-	if s.Logger == nil {
-		return discardLogger
-	}
-	return s.Logger
-}
-
-var discardLogger = slog.New(slog.DiscardHandler)
-
-func (s *Server) idleTimeout() time.Duration {
-	if s.IdleTimeout > 0 {
-		return s.IdleTimeout
-	}
-	return DefaultIdleTimeout
-}
-
-func (s *Server) writeTimeout() time.Duration {
-	if s.WriteTimeout > 0 {
-		return s.WriteTimeout
-	}
-	return DefaultWriteTimeout
-}
-
-// conn is one client connection.
-type conn struct {
-	s      *Server
-	rwc    net.Conn
-	id     uint64
-	ctx    context.Context
-	cancel context.CancelFunc
-	bufs   *connBufs
-	name   string // the last map name, to reuse its string
-}
+// Lookup calls f(name, key).
+func (f HandlerFunc) Lookup(name, key string) Reply { return f(name, key) }
 
 // connBufs are a connection's read and write buffers, pooled.
 type connBufs struct {
@@ -293,98 +91,49 @@ var bufPool = sync.Pool{New: func() any {
 // maxPooledWbuf is the largest write buffer kept in the pool.
 const maxPooledWbuf = 16 << 10
 
-func (s *Server) startConn(nc net.Conn) {
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		_ = nc.Close()
-		return
-	}
-	if s.MaxConns > 0 && len(s.conns) >= s.MaxConns {
-		s.mu.Unlock()
-		_ = nc.Close()
-		s.logger().Warn("socketmap: connection refused: "+reasonOverloaded, "max_conns", s.MaxConns)
-		return
-	}
-	c := &conn{s: s, rwc: nc, id: s.lastID.Add(1)}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	if s.conns == nil {
-		s.conns = map[*conn]struct{}{}
-	}
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
-	go c.serve()
+// conn is one client connection.
+type conn struct {
+	c    *serve.Conn
+	h    Handler
+	bufs *connBufs
+	name string // the last map name, to reuse its string
 }
 
-func (c *conn) close() {
-	c.cancel()
-	_ = c.rwc.Close()
-	s := c.s
-	s.mu.Lock()
-	delete(s.conns, c)
-	if s.drained != nil && len(s.conns) == 0 {
-		close(s.drained)
-	}
-	s.mu.Unlock()
-}
-
-func (c *conn) serve() {
-	defer c.close()
-	c.bufs = bufPool.Get().(*connBufs)
-	c.bufs.br.Reset(c.rwc)
+// ServeConn answers the requests on c with h until the client closes the
+// connection, sends a malformed request, or the listener closes it; then
+// it closes c.
+func ServeConn(c *serve.Conn, h Handler) {
+	sc := &conn{c: c, h: h}
+	defer c.Close()
+	sc.bufs = bufPool.Get().(*connBufs)
+	sc.bufs.br.Reset(c)
 	defer func() {
-		c.bufs.br.Reset(nil)
-		if cap(c.bufs.wbuf) <= maxPooledWbuf {
-			bufPool.Put(c.bufs)
+		sc.bufs.br.Reset(nil)
+		if cap(sc.bufs.wbuf) <= maxPooledWbuf {
+			bufPool.Put(sc.bufs)
 		}
-		c.bufs = nil
+		sc.bufs = nil
 	}()
-	log := c.s.logger()
-	log.Debug("socketmap: connection opened", "conn", c.id)
-	if c.s.ConnContext != nil {
-		ctx := c.s.ConnContext(c.ctx, c.rwc)
-		if ctx == nil {
-			panic("socketmap: ConnContext returned nil")
-		}
-		c.ctx = ctx
-	}
-	idle, wt := c.s.idleTimeout(), c.s.writeTimeout()
 	for {
-		// The deadline is set before s.closing is checked; Shutdown sets
-		// s.closing before it moves the deadline to the past.
-		if err := c.rwc.SetReadDeadline(time.Now().Add(idle)); err != nil {
-			log.Debug("socketmap: connection closed", "conn", c.id, "reason", err.Error())
-			return
-		}
-		if c.s.closing.Load() {
-			log.Debug("socketmap: connection closed", "conn", c.id, "reason", "server shutdown")
-			return
-		}
-		payload, err := readRequest(c.bufs.br)
+		payload, err := readRequest(sc.bufs.br)
 		if err != nil {
-			c.logReadError(err)
+			sc.logReadError(err)
 			return
 		}
+		c.Busy(true)
 		name, key, err := parseRequest(payload)
 		if err != nil {
-			c.logReadError(err)
+			sc.logReadError(err)
 			return
 		}
-		if string(name) != c.name {
-			c.name = string(name)
+		if string(name) != sc.name {
+			sc.name = string(name)
 		}
-		reply := c.lookup(c.name, string(key))
-		c.bufs.wbuf = appendReply(c.bufs.wbuf[:0], reply)
-		if err := c.rwc.SetWriteDeadline(time.Now().Add(wt)); err != nil {
-			log.Debug("socketmap: connection closed", "conn", c.id, "reason", err.Error())
-			return
-		}
-		if _, err := c.rwc.Write(c.bufs.wbuf); err != nil {
-			level := slog.LevelWarn
-			if c.s.closing.Load() {
-				level = slog.LevelDebug // closed by a forced shutdown
-			}
-			log.Log(c.ctx, level, "socketmap: writing reply failed, closing connection", "conn", c.id, "err", err)
+		reply := sc.lookup(sc.name, string(key))
+		sc.bufs.wbuf = appendReply(sc.bufs.wbuf[:0], reply)
+		_, err = c.Write(sc.bufs.wbuf)
+		c.Busy(false)
+		if err != nil {
 			return
 		}
 	}
@@ -392,68 +141,34 @@ func (c *conn) serve() {
 
 // lookup calls the handler and returns its reply as it will be sent.
 func (c *conn) lookup(name, key string) (reply Reply) {
-	var start time.Time
-	if c.s.OnLookup != nil {
-		start = time.Now()
-	}
 	defer func() {
 		if v := recover(); v != nil {
-			c.s.logger().Error("socketmap: lookup handler panicked", "conn", c.id, "map", name, "panic", v, "stack", string(debug.Stack()))
+			c.c.Log().Error("socketmap: lookup handler panicked", "map", name, "panic", v, "stack", string(debug.Stack()))
 			reply = Temp(reasonPanic)
 		}
-		if c.s.OnLookup != nil {
-			c.s.OnLookup(name, key, reply, time.Since(start))
-		}
 	}()
-	r := c.s.Handler.Lookup(c.ctx, name, key)
+	r := c.h.Lookup(name, key)
 	reply = r.sanitize()
 	if reply.Status != r.Status {
-		c.s.logger().Warn("socketmap: invalid reply from lookup handler, sending TEMP", "conn", c.id, "map", name, "status", r.Status.String(), "reason", reply.Data)
+		c.c.Log().Warn("socketmap: invalid reply from lookup handler, sending TEMP", "map", name, "status", r.Status.String(), "reason", reply.Data)
 	}
 	return reply
 }
 
-// logReadError logs why a connection is closed while reading a request.
+// logReadError logs a malformed request; the listener's connection logs
+// timeouts, closes and read errors, also in the middle of a request.
 func (c *conn) logReadError(err error) {
-	log := c.s.logger()
 	var pe *protocolError
-	switch {
-	case errors.As(err, &pe):
-		if pe.err != nil && c.s.closing.Load() && isTimeout(pe.err) {
-			log.Info("socketmap: request interrupted by server shutdown", "conn", c.id)
-			return
-		}
-		log.Warn("socketmap: malformed request, closing connection", "conn", c.id, "reason", pe.Error())
-	case errors.Is(err, io.EOF):
-		log.Debug("socketmap: connection closed by client", "conn", c.id)
-	case isTimeout(err) && c.s.closing.Load():
-		log.Debug("socketmap: connection closed", "conn", c.id, "reason", "server shutdown")
-	case isTimeout(err):
-		log.Debug("socketmap: connection closed", "conn", c.id, "reason", "idle timeout")
-	default:
-		log.Debug("socketmap: connection closed", "conn", c.id, "reason", err.Error())
+	if errors.As(err, &pe) {
+		c.c.SetEnd("error")
+		c.c.Log().Warn("socketmap: malformed request, closing connection", "reason", pe.reason)
 	}
 }
 
-func isTimeout(err error) bool {
-	return errors.Is(err, os.ErrDeadlineExceeded)
-}
+// protocolError is a malformed request.
+type protocolError struct{ reason string }
 
-// protocolError is a malformed or truncated request. err is the I/O error
-// that cut a request short, if any.
-type protocolError struct {
-	reason string
-	err    error
-}
-
-func (e *protocolError) Error() string {
-	if e.err != nil {
-		return e.reason + ": " + e.err.Error()
-	}
-	return e.reason
-}
-
-func (e *protocolError) Unwrap() error { return e.err }
+func (e *protocolError) Error() string { return e.reason }
 
 var (
 	errBadLength    = &protocolError{reason: "netstring length is not a decimal number"}
@@ -464,13 +179,12 @@ var (
 	errNUL          = &protocolError{reason: "NUL byte in request"}
 )
 
-const reasonTruncated = "truncated request"
-
 // readRequest reads one netstring from br and returns its payload, which
 // is valid until the next read from br. br's buffer must hold at least
-// MaxRequestSize+1 bytes. An error before the first byte is returned as it
-// is (io.EOF: the client closed the connection between requests); any
-// other error is a *protocolError.
+// MaxRequestSize+1 bytes. A malformed request is a *protocolError; a read
+// error is returned as it is, but for io.EOF after the first byte, which
+// is io.ErrUnexpectedEOF (io.EOF: the client closed the connection
+// between requests).
 func readRequest(br *bufio.Reader) ([]byte, error) {
 	b, err := br.ReadByte()
 	if err != nil {
@@ -512,9 +226,9 @@ func readRequest(br *bufio.Reader) ([]byte, error) {
 
 func truncated(err error) error {
 	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
+		return io.ErrUnexpectedEOF
 	}
-	return &protocolError{reason: reasonTruncated, err: err}
+	return err
 }
 
 // parseRequest splits a request payload into map name and key.

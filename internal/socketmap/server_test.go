@@ -5,19 +5,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
-	"path/filepath"
+	"os"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/internal/serve"
 )
 
 func TestSeveralRequestsOnOneConnection(t *testing.T) {
 	h := &recordingHandler{}
-	ts := startServer(t, &Server{Handler: h})
+	ts := startServer(t, h, serve.Options{})
 	c := ts.dial(t)
 	steps := []struct{ name, key, want string }{
 		{"untag", "found-1@example.com", "37:OK value-of-untag:found-1@example.com,"},
@@ -42,21 +46,23 @@ func TestSeveralRequestsOnOneConnection(t *testing.T) {
 	if got := h.got(); !slices.Equal(got, want) {
 		t.Errorf("handler calls:\n got %q\nwant %q", got, want)
 	}
-	if n := ts.OpenConns(); n != 1 {
-		t.Errorf("OpenConns = %d, want 1", n)
+	if n := ts.Open(); n != 1 {
+		t.Errorf("Open = %d, want 1", n)
 	}
 }
 
 func TestPipelinedRequests(t *testing.T) {
 	h := &recordingHandler{}
-	ts := startServer(t, &Server{Handler: h})
+	ts := startServer(t, h, serve.Options{})
 	c := ts.dial(t)
-	// Three requests in one write, then a fourth split across writes.
+	// Three requests in one write, then a fourth split across writes:
+	// its end is sent once the first three are answered.
 	c.send(t, netstring("m found-a")+netstring("m nobody")+netstring("m temp")+"8:m fou")
-	time.Sleep(20 * time.Millisecond)
-	c.send(t, "nd2,")
 	want := []string{"21:OK value-of-m:found-a,", "9:NOTFOUND ,", "25:TEMP database unavailable,", "20:OK value-of-m:found2,"}
 	for i, w := range want {
+		if i == 3 {
+			c.send(t, "nd2,")
+		}
 		got, err := c.readRaw()
 		if err != nil {
 			t.Fatalf("reply %d: %v", i, err)
@@ -70,10 +76,14 @@ func TestPipelinedRequests(t *testing.T) {
 	}
 }
 
+// TestMalformedRequests: a request a socketmap client cannot have sent
+// is logged and its connection closed, without a call to the handler. A
+// stream that ends in the middle of a request is a close, not an error.
 func TestMalformedRequests(t *testing.T) {
 	tests := []struct {
-		name, input, reason string
-		closeWrite          bool // half-close after the input: a truncated stream
+		name, input string
+		reason      string // logged; "" for a truncated stream
+		closeWrite  bool   // half-close after the input: a truncated stream
 	}{
 		{"letter in length", "1a:x y,", "not a decimal number", false},
 		{"no length", ":x y,", "not a decimal number", false},
@@ -91,17 +101,17 @@ func TestMalformedRequests(t *testing.T) {
 		{"zero length", "0:,", "no space between map name and key", false},
 		{"NUL in key", "5:m a\x00b,", "NUL byte", false},
 		{"NUL in name", "5:m\x00 ab,", "NUL byte", false},
-		{"truncated payload", "10:m key", "truncated request: unexpected EOF", true},
-		{"truncated before comma", "5:m key", "truncated request: unexpected EOF", true},
-		{"truncated length", "12", "truncated request: unexpected EOF", true},
-		{"truncated after colon", "5:", "truncated request: unexpected EOF", true},
+		{"truncated payload", "10:m key", "", true},
+		{"truncated before comma", "5:m key", "", true},
+		{"truncated length", "12", "", true},
+		{"truncated after colon", "5:", "", true},
 		{"bad request after a good one", netstring("m found") + "x", "not a decimal number", false},
 		{"http", "GET / HTTP/1.0\r\n\r\n", "not a decimal number", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := &recordingHandler{}
-			ts := startServer(t, &Server{Handler: h})
+			ts := startServer(t, h, serve.Options{})
 			c := ts.dial(t)
 			c.send(t, tt.input)
 			if tt.closeWrite {
@@ -115,8 +125,21 @@ func TestMalformedRequests(t *testing.T) {
 				}
 			}
 			c.expectClosed(t)
-			rec := ts.log.wait(t, "WARN", "malformed request", tt.reason)
-			t.Logf("log: %s", rec)
+			how := "error"
+			if tt.reason == "" {
+				how = "closed"
+			} else {
+				t.Logf("log: %s", ts.log.wait(t, "WARN", "malformed request", tt.reason))
+			}
+			ts.waitOpen(t, 0)
+			if got := ts.metric(t, `batv_sessions_ended_total{how="`+how+`",listener="socketmap"}`); got != 1 {
+				t.Errorf("sessions ended with %q: %v, want 1", how, got)
+			}
+			if tt.reason == "" {
+				if n := countLog(ts.log, "WARN"); n != 0 {
+					t.Errorf("a truncated stream logged as malformed: %q", ts.log.all())
+				}
+			}
 			if n := len(h.got()); n > 1 || n == 1 && !strings.HasPrefix(tt.input, netstring("m found")) {
 				t.Errorf("handler called for malformed input: %q", h.got())
 			}
@@ -124,9 +147,48 @@ func TestMalformedRequests(t *testing.T) {
 	}
 }
 
+// TestReadErrorInARequest: a read that fails in the middle of a request
+// is the listener's to log, as it is between requests: the socketmap
+// server does not call it a malformed request too.
+func TestReadErrorInARequest(t *testing.T) {
+	for _, tt := range []struct {
+		err      error
+		how, log string
+	}{
+		{io.EOF, "closed", ""},
+		{net.ErrClosed, "closed", ""}, // closed by a shutdown, say
+		{os.ErrDeadlineExceeded, "timeout", "INFO connection closed: the peer sent nothing for too long"},
+		{syscall.ECONNRESET, "error", "WARN connection read failed err=connection reset by peer"},
+	} {
+		t.Run(tt.how+" "+tt.err.Error(), func(t *testing.T) {
+			rec := newLogRecorder()
+			conn := newMemConn([]byte(netstring("m found")+"20:m part"), 64)
+			conn.end = tt.err
+			if err := serveMem(&recordingHandler{}, slog.New(rec), conn, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if out, _ := conn.output(); string(out) != "19:OK value-of-m:found," {
+				t.Errorf("output %q", out)
+			}
+			var logged []string
+			for _, r := range rec.all() {
+				if !strings.HasPrefix(r, "DEBUG") {
+					logged = append(logged, r)
+				}
+			}
+			if want := []string{tt.log}; tt.log == "" && len(logged) != 0 || tt.log != "" && (len(logged) != 1 || !strings.HasPrefix(logged[0], tt.log)) {
+				t.Errorf("logged %q, want %q", logged, want)
+			}
+			if !slices.ContainsFunc(rec.all(), func(r string) bool { return strings.HasPrefix(r, "DEBUG connection ended how="+tt.how) }) {
+				t.Errorf("the connection did not end with %q: %q", tt.how, rec.all())
+			}
+		})
+	}
+}
+
 func TestLongestRequest(t *testing.T) {
 	h := &recordingHandler{}
-	ts := startServer(t, &Server{Handler: h})
+	ts := startServer(t, h, serve.Options{})
 	c := ts.dial(t)
 	key := "found" + strings.Repeat("k", MaxRequestSize-len("m found"))
 	got := c.lookup(t, "m", key)
@@ -140,11 +202,11 @@ func TestLongestRequest(t *testing.T) {
 }
 
 func TestCleanCloseIsNotAnError(t *testing.T) {
-	ts := startServer(t, &Server{Handler: &recordingHandler{}})
+	ts := startServer(t, &recordingHandler{}, serve.Options{})
 	c := ts.dial(t)
 	c.lookup(t, "m", "x")
 	c.Close()
-	ts.log.wait(t, "DEBUG", "connection closed by client")
+	ts.log.wait(t, "DEBUG", "connection ended", "how=closed")
 	for _, r := range ts.log.all() {
 		if strings.HasPrefix(r, "WARN") || strings.HasPrefix(r, "ERROR") {
 			t.Errorf("unexpected log record: %s", r)
@@ -152,71 +214,61 @@ func TestCleanCloseIsNotAnError(t *testing.T) {
 	}
 }
 
+// TestIdleTimeout: the listener's idle timeout closes a silent connection
+// and one whose request stalls half-way, as a timeout, not a malformed
+// request. (The timeout itself is tested in package serve.)
 func TestIdleTimeout(t *testing.T) {
-	ts := startServer(t, &Server{Handler: &recordingHandler{}, IdleTimeout: 100 * time.Millisecond})
+	ts := startServer(t, &recordingHandler{}, serve.Options{IdleTimeout: 100 * time.Millisecond})
 
-	// A silent connection.
 	c := ts.dial(t)
 	start := time.Now()
 	c.expectClosed(t)
-	if d := time.Since(start); d < 90*time.Millisecond || d > 3*time.Second {
-		t.Errorf("silent connection closed after %v, want about 100ms", d)
-	}
-	ts.log.wait(t, "idle timeout")
-
-	// The deadline is renewed for each request.
-	c = ts.dial(t)
-	for range 5 {
-		time.Sleep(50 * time.Millisecond)
-		c.lookup(t, "m", "found")
+	if d := time.Since(start); d < 90*time.Millisecond {
+		t.Errorf("silent connection closed after %v, want 100ms", d)
 	}
 
-	// A request that stalls half-way.
 	c = ts.dial(t)
+	c.lookup(t, "m", "found")
 	c.send(t, "20:m part")
 	c.expectClosed(t)
-	ts.log.wait(t, "malformed request", "truncated request", "timeout")
+	ts.waitOpen(t, 0)
+	if n := countLog(ts.log, "the peer sent nothing for too long"); n != 2 {
+		t.Errorf("%d idle timeouts logged, want 2", n)
+	}
+	if got := ts.metric(t, `batv_sessions_ended_total{how="timeout",listener="socketmap"}`); got != 2 {
+		t.Errorf("%v sessions ended by the idle timeout, want 2", got)
+	}
+	if n := countLog(ts.log, "WARN"); n != 0 {
+		t.Errorf("warnings: %q", ts.log.all())
+	}
 }
 
-func TestDefaultTimeouts(t *testing.T) {
-	s := &Server{}
-	if s.idleTimeout() != DefaultIdleTimeout || s.writeTimeout() != DefaultWriteTimeout {
-		t.Fatalf("defaults: idle %v write %v", s.idleTimeout(), s.writeTimeout())
-	}
-	if DefaultIdleTimeout < 5*time.Minute {
-		t.Fatalf("DefaultIdleTimeout %v is not well above Postfix's 100s timeouts", DefaultIdleTimeout)
-	}
-}
-
-// blockingHandler blocks each lookup of key "slow" until release is closed
-// (or its context ends), and signals started when it begins.
+// blockingHandler blocks each lookup of key "slow" until release is
+// closed, and signals started when it begins.
 type blockingHandler struct {
-	started  chan struct{}
-	release  chan struct{}
-	canceled atomic.Bool
+	started chan struct{}
+	release chan struct{}
 }
 
 func newBlockingHandler() *blockingHandler {
 	return &blockingHandler{started: make(chan struct{}, 10), release: make(chan struct{})}
 }
 
-func (h *blockingHandler) Lookup(ctx context.Context, name, key string) Reply {
+func (h *blockingHandler) Lookup(_, key string) Reply {
 	if key != "slow" {
 		return NotFound()
 	}
 	h.started <- struct{}{}
-	select {
-	case <-h.release:
-		return OK("done")
-	case <-ctx.Done():
-		h.canceled.Store(true)
-		return Temp(ctx.Err().Error())
-	}
+	<-h.release
+	return OK("done")
 }
 
+// TestShutdownWaitsForSlowLookup: Shutdown closes the idle connections and
+// the listener, lets the lookup in progress finish and send its reply,
+// then closes that connection too.
 func TestShutdownWaitsForSlowLookup(t *testing.T) {
 	h := newBlockingHandler()
-	ts := startServer(t, &Server{Handler: h})
+	ts := startServer(t, h, serve.Options{})
 	busy := ts.dial(t)
 	idle := ts.dial(t)
 	idle.lookup(t, "m", "fast")
@@ -234,7 +286,7 @@ func TestShutdownWaitsForSlowLookup(t *testing.T) {
 	idle.expectClosed(t)
 	select {
 	case err := <-ts.serveCh:
-		if !errors.Is(err, ErrServerClosed) {
+		if !errors.Is(err, serve.ErrClosed) {
 			t.Errorf("Serve returned %v", err)
 		}
 		ts.serveCh <- err // for the cleanup check
@@ -248,11 +300,9 @@ func TestShutdownWaitsForSlowLookup(t *testing.T) {
 	select {
 	case err := <-done:
 		t.Fatalf("Shutdown returned %v with a lookup in progress", err)
-	case <-time.After(100 * time.Millisecond):
+	default:
 	}
-	if n := ts.OpenConns(); n != 1 {
-		t.Errorf("OpenConns during shutdown = %d, want 1", n)
-	}
+	ts.waitOpen(t, 1) // the busy one
 
 	// The lookup finishes and its reply is sent, then the connection closes.
 	close(h.release)
@@ -268,52 +318,48 @@ func TestShutdownWaitsForSlowLookup(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return")
 	}
-	if h.canceled.Load() {
-		t.Error("handler context canceled during a graceful shutdown")
+	if n := ts.Open(); n != 0 {
+		t.Errorf("Open after shutdown = %d", n)
 	}
-	if n := ts.OpenConns(); n != 0 {
-		t.Errorf("OpenConns after shutdown = %d", n)
-	}
-	// Serve after Shutdown.
-	ln, err := net.Listen("unix", filepath.Join(filepath.Dir(ts.path), "again.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ts.Serve(ln); !errors.Is(err, ErrServerClosed) {
-		t.Errorf("Serve after Shutdown = %v", err)
-	}
-	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("listener not closed by Serve after Shutdown: %v", err)
+	if got := ts.metric(t, `batv_sessions_ended_total{how="shutdown",listener="socketmap"}`); got != 2 {
+		t.Errorf("%v sessions ended by the shutdown, want 2", got)
 	}
 }
 
+// TestShutdownDeadlineForcesClose: when Shutdown's deadline passes during
+// a lookup, the connection is closed at once; Shutdown returns the
+// deadline's error when the lookup returns, and its reply goes nowhere.
 func TestShutdownDeadlineForcesClose(t *testing.T) {
 	h := newBlockingHandler()
-	ts := startServer(t, &Server{Handler: h})
+	ts := startServer(t, h, serve.Options{})
 	busy := ts.dial(t)
 	busy.send(t, netstring("m slow"))
 	<-h.started
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	start := time.Now()
-	if err := ts.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("Shutdown took %v", d)
-	}
+	done := make(chan error, 1)
+	go func() { done <- ts.Shutdown(ctx) }()
 	busy.expectClosed(t)
-	deadline := time.Now().Add(5 * time.Second)
-	for !h.canceled.Load() || ts.OpenConns() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("after a forced shutdown: handler canceled %v, open conns %d", h.canceled.Load(), ts.OpenConns())
+	close(h.release)
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
 		}
-		time.Sleep(5 * time.Millisecond)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	if n := ts.Open(); n != 0 {
+		t.Errorf("Open after a forced shutdown = %d", n)
+	}
+	ts.log.wait(t, "WARN", "shutdown deadline passed", "connections=1")
+	if n := countLog(ts.log, "failed"); n != 0 {
+		t.Errorf("the forced close logged as a failure: %q", ts.log.all())
 	}
 }
 
 func TestShutdownIdleServer(t *testing.T) {
-	ts := startServer(t, &Server{Handler: &recordingHandler{}})
+	ts := startServer(t, &recordingHandler{}, serve.Options{})
 	var conns []*testClient
 	for range 5 {
 		c := ts.dial(t)
@@ -334,24 +380,19 @@ func TestShutdownIdleServer(t *testing.T) {
 	}
 }
 
+// TestMaxConns: the listener's limit holds for the lookup tables too.
 func TestMaxConns(t *testing.T) {
-	ts := startServer(t, &Server{Handler: &recordingHandler{}, MaxConns: 2})
+	ts := startServer(t, &recordingHandler{}, serve.Options{MaxConns: 2})
 	a, b := ts.dial(t), ts.dial(t)
 	a.lookup(t, "m", "found")
 	b.lookup(t, "m", "found")
 	over := ts.dial(t)
 	_, _ = over.Write([]byte(netstring("m found"))) // may fail: closed already
 	over.expectClosed(t)
-	ts.log.wait(t, "WARN", "too many connections")
+	ts.log.wait(t, "WARN", "connection refused: limit reached", "max_connections=2")
 	a.lookup(t, "m", "found")
 	a.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for ts.OpenConns() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("OpenConns = %d", ts.OpenConns())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	ts.waitOpen(t, 1)
 	c := ts.dial(t)
 	if got := c.lookup(t, "m", "found"); got != "19:OK value-of-m:found," {
 		t.Errorf("got %q after a slot was freed", got)
@@ -359,12 +400,12 @@ func TestMaxConns(t *testing.T) {
 }
 
 func TestHandlerPanic(t *testing.T) {
-	ts := startServer(t, &Server{Handler: HandlerFunc(func(_ context.Context, _, key string) Reply {
+	ts := startServer(t, HandlerFunc(func(_, key string) Reply {
 		if key == "boom" {
 			panic("kaboom")
 		}
 		return OK("fine")
-	})})
+	}), serve.Options{})
 	c := ts.dial(t)
 	if got := c.lookup(t, "m", "boom"); got != "37:TEMP internal error in lookup handler," {
 		t.Errorf("got %q", got)
@@ -377,7 +418,7 @@ func TestHandlerPanic(t *testing.T) {
 }
 
 func TestInvalidHandlerResult(t *testing.T) {
-	ts := startServer(t, &Server{Handler: HandlerFunc(func(_ context.Context, _, key string) Reply {
+	ts := startServer(t, HandlerFunc(func(_, key string) Reply {
 		switch key {
 		case "newline":
 			return OK("alice@example.com\nX-Injected: yes")
@@ -387,7 +428,7 @@ func TestInvalidHandlerResult(t *testing.T) {
 			return Reply{}
 		}
 		return Temp("two\nlines")
-	})})
+	}), serve.Options{})
 	c := ts.dial(t)
 	for key, want := range map[string]string{
 		"newline": "40:TEMP invalid characters in lookup result,",
@@ -403,85 +444,34 @@ func TestInvalidHandlerResult(t *testing.T) {
 	ts.log.wait(t, "WARN", "invalid reply", "status=Status(0)")
 }
 
-func TestOnLookupAndConnContext(t *testing.T) {
-	type ctxKey struct{}
-	var (
-		mu  sync.Mutex
-		got []string
-	)
-	s := &Server{
-		Handler: HandlerFunc(func(ctx context.Context, name, key string) Reply {
-			if ctx.Value(ctxKey{}) != "peer" {
-				return Perm("no conn context")
-			}
-			return toyReply(name, key)
-		}),
-		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
-			return context.WithValue(ctx, ctxKey{}, "peer")
-		},
-		OnLookup: func(name, key string, r Reply, elapsed time.Duration) {
-			mu.Lock()
-			defer mu.Unlock()
-			if elapsed < 0 || elapsed > time.Minute {
-				got = append(got, fmt.Sprintf("bad elapsed %v", elapsed))
-			}
-			got = append(got, name+"|"+key+"|"+r.String())
-		},
-	}
-	ts := startServer(t, s)
-	c := ts.dial(t)
-	c.lookup(t, "m", "found")
-	c.lookup(t, "m", "nothing")
-	c.lookup(t, "m", "temp")
-	mu.Lock()
-	defer mu.Unlock()
-	want := []string{"m|found|OK value-of-m:found", "m|nothing|NOTFOUND ", "m|temp|TEMP database unavailable"}
-	if !slices.Equal(got, want) {
-		t.Errorf("OnLookup calls:\n got %q\nwant %q", got, want)
-	}
-}
-
-func TestServeListenerClosedElsewhere(t *testing.T) {
-	dir := t.TempDir()
-	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{Handler: &recordingHandler{}}
-	errc := make(chan error, 1)
-	go func() { errc <- s.Serve(ln) }()
-	time.Sleep(20 * time.Millisecond)
-	ln.Close()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, net.ErrClosed) || errors.Is(err, ErrServerClosed) {
-			t.Fatalf("Serve = %v, want an error wrapping net.ErrClosed", err)
+// TestHandlerPerConnection: each connection has its handler, made when it
+// is accepted (with what the daemon knows of the peer, say).
+func TestHandlerPerConnection(t *testing.T) {
+	ts := startServerFunc(t, serve.Options{}, func(c *serve.Conn) {
+		id := fmt.Sprint(c.ID())
+		ServeConn(c, HandlerFunc(func(name, key string) Reply { return OK("conn" + id + ":" + key) }))
+	})
+	a, b := ts.dial(t), ts.dial(t)
+	for i := range 3 {
+		key := fmt.Sprint(i)
+		if got := a.lookup(t, "m", key); got != netstring("OK conn1:"+key) {
+			t.Errorf("first connection: %q", got)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return")
+		if got := b.lookup(t, "m", key); got != netstring("OK conn2:"+key) {
+			t.Errorf("second connection: %q", got)
+		}
 	}
 }
 
-func TestServeNilHandler(t *testing.T) {
-	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if err := (&Server{}).Serve(ln); err == nil {
-		t.Fatal("Serve with a nil Handler returned nil")
-	}
-}
-
-func TestServeSeveralListeners(t *testing.T) {
-	h := &recordingHandler{}
-	ts := startServer(t, &Server{Handler: h})
+// TestTCP: the lookup tables on a TCP listener.
+func TestTCP(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	l := serve.New(ln, serve.Options{})
 	errc := make(chan error, 1)
-	go func() { errc <- ts.Serve(ln) }()
+	go func() { errc <- l.Serve(func(c *serve.Conn) { ServeConn(c, &recordingHandler{}) }) }()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -490,24 +480,23 @@ func TestServeSeveralListeners(t *testing.T) {
 	if _, err := c.Write([]byte(netstring("tcp found"))); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 64)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, err := c.Read(buf)
-	if err != nil || string(buf[:n]) != "21:OK value-of-tcp:found," {
-		t.Fatalf("tcp reply %q, %v", buf[:n], err)
+	got, err := readNetstring(bufio.NewReader(c), MaxReplySize)
+	if err != nil || got != "OK value-of-tcp:found" {
+		t.Fatalf("tcp reply %q, %v", got, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := ts.Shutdown(ctx); err != nil {
+	if err := l.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-errc; !errors.Is(err, ErrServerClosed) {
+	if err := <-errc; !errors.Is(err, serve.ErrClosed) {
 		t.Fatalf("Serve(tcp) = %v", err)
 	}
 }
 
 func TestManyConcurrentClients(t *testing.T) {
-	ts := startServer(t, &Server{Handler: &recordingHandler{}})
+	ts := startServer(t, &recordingHandler{}, serve.Options{})
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Add(1)

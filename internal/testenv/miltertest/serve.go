@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/milter"
 	"github.com/batv/batv/policy"
 )
@@ -38,13 +39,14 @@ func Serve(t testing.TB, domain string, keys batv.Keyring) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	l := serve.New(ln, serve.Options{Name: "test"})
 	srv := &milter.Server{Name: "test", Roles: milter.Outbound | milter.Inbound, Policy: func() *policy.Policy { return p }}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	go func() { done <- srv.Serve(l) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx)
+		l.Shutdown(ctx)
 		<-done
 	})
 	return path

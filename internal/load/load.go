@@ -3,14 +3,14 @@
 // latency and the milter's CPU and memory. It is the engine of "batv
 // bench" and of "make bench".
 //
-// Each worker opens a connection (OPTNEG, CONNECT, HELO, with Postfix's
-// offer and stock macros, honouring the milter's opt-outs; see package
-// mtaclient), sends Options.PerConn messages on it with mtaclient's Send
-// (MAIL, RCPT, DATA, six headers, end of headers, the body in chunks, end
-// of message, and the ABORT Postfix sends after each transaction, every
-// stage the milter opted out of left out) and says QUIT. Workers share
-// one message counter, so the run sends exactly Options.Messages messages
-// whatever the concurrency.
+// Each worker opens a connection with package mta (OPTNEG, CONNECT, HELO,
+// with Postfix's offer and stock macros, honouring the milter's
+// opt-outs), sends Options.PerConn messages on it with mta's Send (MAIL,
+// RCPT, DATA, six headers, end of headers, the body, end of message, and
+// the ABORT Postfix sends after each transaction, every stage the milter
+// opted out of left out) and says QUIT. Workers share one message
+// counter, so the run sends exactly Options.Messages messages whatever
+// the concurrency.
 //
 // The workloads are the three things a BATV milter does:
 //
@@ -28,10 +28,10 @@
 //     RCPT (Options.ForgedStage).
 //
 // With Options.AnyReply the same messages are sent on the same connection
-// pattern, but any well-formed reply counts (mtaclient still rejects every
-// protocol violation): this is how a milter that does something else, a
-// do-nothing reference or a third-party milter without the key, is driven
-// for a fair comparison.
+// pattern, but any well-formed reply counts (the milter client still
+// rejects every protocol violation): this is how a milter that does
+// something else, a do-nothing reference or a third-party milter without
+// the key, is driven for a fair comparison.
 //
 // Only messages whose every reply was checked count towards the
 // throughput and the latency figures; the others are counted as errors
@@ -47,6 +47,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -54,8 +55,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	gomilter "github.com/d--j/go-milter"
+
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
 )
 
 // Workload is the kind of message a run sends.
@@ -164,7 +167,7 @@ type Report struct {
 
 	// Negotiated is what the milter asked for at OPTNEG (of a probe
 	// connection made before the run).
-	Negotiated mtaclient.Negotiated `json:"negotiated"`
+	Negotiated Negotiated `json:"negotiated"`
 	// RoundTrips is the number of times one checked message waited for
 	// the milter (the stages it did not opt out of or skip, up to the one
 	// that ended the transaction); ConnRoundTrips the same for opening a
@@ -208,6 +211,12 @@ type Report struct {
 	ClientCPU time.Duration `json:"client_cpu_ns"`
 }
 
+// Negotiated is what a milter asked for at OPTNEG, within Postfix's
+// offer: the actions and the protocol mask (SMFIF_*, SMFIP_*).
+type Negotiated struct {
+	Actions, Protocol uint32
+}
+
 // Failed reports whether the run had errors or mismatches, or checked
 // nothing.
 func (r *Report) Failed() bool { return r.Errors > 0 || r.Mismatches > 0 || r.OK == 0 }
@@ -227,13 +236,16 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	// A probe connection: fail early and clearly when the milter is not
 	// there, and record what it negotiates.
-	c, cnt, err := r.open(ctx)
+	r.mta = mta.NewDialer(&dialer{ctx: ctx, Dialer: net.Dialer{Timeout: r.opts.Timeout}},
+		r.opts.Network, r.opts.Address, r.opts.Timeout)
+	c, err := r.open()
 	if err != nil {
 		return nil, err
 	}
-	rep.Negotiated = c.Negotiated()
-	rep.ConnRoundTrips = cnt.trips
-	_ = c.Quit()
+	act, proto := c.Negotiated()
+	rep.Negotiated = Negotiated{Actions: uint32(act), Protocol: uint32(proto)}
+	rep.ConnRoundTrips = c.RoundTrips()
+	_ = c.Close()
 
 	if r.opts.PID > 0 && r.opts.ResetPeakRSS {
 		if err := ResetPeakRSS(r.opts.PID); err != nil {
@@ -296,7 +308,8 @@ func percentile(d []time.Duration, p int) time.Duration {
 
 type runner struct {
 	opts     Options
-	conn     mtaclient.PostfixInfo // CONNECT macros
+	mta      *mta.Client
+	client   mta.SMTPClient
 	msgs     []testMessage
 	verifier batv.Verifier
 }
@@ -362,72 +375,29 @@ func newRunner(opts Options) (*runner, error) {
 		return nil, bad("%v", err)
 	}
 	r.msgs = msgs
-	r.conn = connInfo(opts)
+	r.client = smtpClient(opts.Workload)
 	return r, nil
 }
 
-// open dials and opens an SMTP session as Postfix does: OPTNEG, CONNECT
-// and HELO with their stock macros. The connection counts its round
-// trips.
-func (r *runner) open(ctx context.Context) (*mtaclient.Conn, *counter, error) {
-	d := net.Dialer{Timeout: r.opts.Timeout}
-	nc, err := d.DialContext(ctx, r.opts.Network, r.opts.Address)
+// open opens an SMTP session as Postfix does: OPTNEG, CONNECT and HELO
+// with their stock macros.
+func (r *runner) open() (*mta.Session, error) {
+	c, err := r.mta.Session(r.client)
 	if err != nil {
-		return nil, nil, fmt.Errorf("load: %w", err)
+		return nil, fmt.Errorf("load: %w", err)
 	}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true) // as Postfix does
-	}
-	cnt := &counter{Conn: nc}
-	c := mtaclient.NewConn(cnt, mtaclient.Options{Timeout: r.opts.Timeout})
-	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
-	defer stop()
-	if err := c.Negotiate(); err != nil {
-		_ = c.Close()
-		return nil, nil, err
-	}
-	host, addr := r.conn.ClientName, r.conn.ClientAddr
-	family := mtaclient.FamilyInet
-	if strings.Contains(addr, ":") {
-		family = mtaclient.FamilyInet6
-	}
-	rep, err := c.Connect(host, family, 34567, addr, mtaclient.StockMacros(mtaclient.StageConnect, r.conn))
-	if err == nil && !rep.Continue() {
-		err = fmt.Errorf("load: the milter answered CONNECT with %v", rep)
-	}
-	if err == nil {
-		rep, err = c.Helo(host, nil)
-		if err == nil && !rep.Continue() {
-			err = fmt.Errorf("load: the milter answered HELO with %v", rep)
-		}
-	}
-	if err != nil {
-		_ = c.Close()
-		return nil, nil, err
-	}
-	return c, cnt, nil
+	return c, nil
 }
 
-// counter counts the round trips on a connection: reads that follow a
-// write. (A reply read in pieces, or requests the milter does not answer,
-// do not add to the count.)
-type counter struct {
-	net.Conn
-	wrote bool
-	trips int
+// dialer dials within a context: an interrupted run does not wait for a
+// connection to a milter that does not accept it.
+type dialer struct {
+	ctx context.Context
+	net.Dialer
 }
 
-func (c *counter) Write(p []byte) (int, error) {
-	c.wrote = true
-	return c.Conn.Write(p)
-}
-
-func (c *counter) Read(p []byte) (int, error) {
-	if c.wrote {
-		c.wrote = false
-		c.trips++
-	}
-	return c.Conn.Read(p)
+func (d *dialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialContext(d.ctx, network, address)
 }
 
 // phaseResult is what the workers of one phase found.
@@ -481,12 +451,11 @@ func (r *runner) phase(ctx context.Context, n int) *phaseResult {
 
 func (r *runner) worker(ctx context.Context, w, n int, next *atomic.Int64) *phaseResult {
 	p := &phaseResult{latencies: make([]time.Duration, 0, n/r.opts.Concurrency+1)}
-	var c *mtaclient.Conn
-	var cnt *counter
+	var c *mta.Session
 	sent := 0
 	defer func() {
 		if c != nil {
-			_ = c.Quit()
+			_ = c.Close()
 		}
 	}()
 	for ctx.Err() == nil {
@@ -496,7 +465,7 @@ func (r *runner) worker(ctx context.Context, w, n int, next *atomic.Int64) *phas
 		}
 		if c == nil {
 			var err error
-			if c, cnt, err = r.open(ctx); err != nil {
+			if c, err = r.open(); err != nil {
 				p.errors++
 				p.sample(err.Error())
 				continue
@@ -505,15 +474,15 @@ func (r *runner) worker(ctx context.Context, w, n int, next *atomic.Int64) *phas
 			sent = 0
 		}
 		m := &r.msgs[(i*7919+w)%len(r.msgs)] // spread the messages over the workers
-		trips := cnt.trips
+		trips := c.RoundTrips()
 		t0 := time.Now()
 		res, err := c.Send(&m.msg)
 		d := time.Since(t0)
-		trips = cnt.trips - trips
+		trips = c.RoundTrips() - trips
 		if err != nil {
 			p.errors++
-			p.sample(err.Error())
-			_ = c.Close()
+			p.sample(describe(err))
+			_ = c.Drop()
 			c = nil
 			continue
 		}
@@ -528,7 +497,7 @@ func (r *runner) worker(ctx context.Context, w, n int, next *atomic.Int64) *phas
 			}
 		}
 		if sent++; r.opts.PerConn > 0 && sent >= r.opts.PerConn {
-			if err := c.Quit(); err != nil {
+			if err := c.Close(); err != nil {
 				p.sample("QUIT: " + err.Error())
 			}
 			c = nil
@@ -537,8 +506,17 @@ func (r *runner) worker(ctx context.Context, w, n int, next *atomic.Int64) *phas
 	return p
 }
 
+// describe describes a failed message: the end of the connection is
+// named, the library's "EOF" alone would not say who ended it.
+func describe(err error) string {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "the milter closed the connection: " + err.Error()
+	}
+	return err.Error()
+}
+
 // check returns what is wrong with the milter's answer to m, or "".
-func (r *runner) check(m *testMessage, res *mtaclient.Result) string {
+func (r *runner) check(m *testMessage, res *mta.Result) string {
 	if r.opts.AnyReply {
 		return ""
 	}
@@ -551,20 +529,20 @@ func (r *runner) check(m *testMessage, res *mtaclient.Result) string {
 	return r.checkForged(res)
 }
 
-func (r *runner) checkOutbound(m *testMessage, res *mtaclient.Result) string {
-	if !res.Delivered() || res.StoppedAt != mtaclient.CmdEOM {
-		return fmt.Sprintf("outbound: message not delivered: stopped at %s with %v", cmdWord(res.StoppedAt), res.Reply)
+func (r *runner) checkOutbound(m *testMessage, res *mta.Result) string {
+	if !res.Delivered() || res.Stopped != mta.AtEOM {
+		return fmt.Sprintf("outbound: message not delivered: stopped at %s with %v", res.Stopped, res.Reply)
 	}
 	var from string
-	for _, mod := range res.Modifications {
-		switch mod := mod.(type) {
-		case *mtaclient.ChangeFrom:
+	for _, c := range res.Changes {
+		switch c.Type {
+		case gomilter.ActionChangeFrom:
 			if from != "" {
 				return "outbound: more than one CHGFROM"
 			}
-			from = unbracket(mod.Addr)
-		case *mtaclient.AddRcpt, *mtaclient.DelRcpt:
-			return "outbound: unexpected recipient change " + mod.String()
+			from = unbracket(c.From)
+		case gomilter.ActionAddRcpt, gomilter.ActionDelRcpt:
+			return "outbound: unexpected recipient change " + c.String()
 		}
 	}
 	if from == "" {
@@ -583,25 +561,25 @@ func (r *runner) checkOutbound(m *testMessage, res *mtaclient.Result) string {
 	return ""
 }
 
-func checkInboundValid(m *testMessage, res *mtaclient.Result) string {
-	if !res.Delivered() || res.StoppedAt != mtaclient.CmdEOM {
-		return fmt.Sprintf("inbound-valid: bounce not accepted: stopped at %s with %v", cmdWord(res.StoppedAt), res.Reply)
+func checkInboundValid(m *testMessage, res *mta.Result) string {
+	if !res.Delivered() || res.Stopped != mta.AtEOM {
+		return fmt.Sprintf("inbound-valid: bounce not accepted: stopped at %s with %v", res.Stopped, res.Reply)
 	}
 	var del, add int
-	for _, mod := range res.Modifications {
-		switch mod := mod.(type) {
-		case *mtaclient.DelRcpt:
-			if unbracket(mod.Addr) != m.tagged {
-				return "inbound-valid: deletes the wrong recipient: " + mod.String()
+	for _, c := range res.Changes {
+		switch c.Type {
+		case gomilter.ActionDelRcpt:
+			if unbracket(c.Rcpt) != m.tagged {
+				return "inbound-valid: deletes the wrong recipient: " + c.String()
 			}
 			del++
-		case *mtaclient.AddRcpt:
-			if unbracket(mod.Addr) != m.untagged {
-				return "inbound-valid: adds the wrong recipient: " + mod.String()
+		case gomilter.ActionAddRcpt:
+			if unbracket(c.Rcpt) != m.untagged {
+				return "inbound-valid: adds the wrong recipient: " + c.String()
 			}
 			add++
-		case *mtaclient.ChangeFrom:
-			return "inbound-valid: unexpected " + mod.String()
+		case gomilter.ActionChangeFrom:
+			return "inbound-valid: unexpected " + c.String()
 		}
 	}
 	if del != 1 || add != 1 {
@@ -610,14 +588,13 @@ func checkInboundValid(m *testMessage, res *mtaclient.Result) string {
 	return ""
 }
 
-func (r *runner) checkForged(res *mtaclient.Result) string {
-	text := res.Reply.SMTPText()
-	if !res.Reply.Refused() || !strings.HasPrefix(text, r.opts.ForgedReply) {
-		return fmt.Sprintf("inbound-forged: want %q..., got %v at %s", r.opts.ForgedReply, res.Reply, cmdWord(res.StoppedAt))
+func (r *runner) checkForged(res *mta.Result) string {
+	if !mta.Refused(res.Reply) || !strings.HasPrefix(res.Reply.SMTPReply, r.opts.ForgedReply) {
+		return fmt.Sprintf("inbound-forged: want %q..., got %v at %s", r.opts.ForgedReply, res.Reply, res.Stopped)
 	}
-	want := map[string]byte{StageMail: mtaclient.CmdMail, StageRcpt: mtaclient.CmdRcpt, StageEOM: mtaclient.CmdEOM}[r.opts.ForgedStage]
-	if want != 0 && res.StoppedAt != want {
-		return fmt.Sprintf("inbound-forged: refused at %s, want at %s", cmdWord(res.StoppedAt), r.opts.ForgedStage)
+	want := map[string]string{StageMail: mta.AtMail, StageRcpt: mta.AtRcpt, StageEOM: mta.AtEOM}[r.opts.ForgedStage]
+	if want != "" && res.Stopped != want {
+		return fmt.Sprintf("inbound-forged: refused at %s, want at %s", res.Stopped, r.opts.ForgedStage)
 	}
 	return ""
 }
@@ -627,24 +604,4 @@ func unbracket(a string) string {
 		return a[1 : len(a)-1]
 	}
 	return a
-}
-
-func cmdWord(c byte) string {
-	switch c {
-	case mtaclient.CmdMail:
-		return "MAIL"
-	case mtaclient.CmdRcpt:
-		return "RCPT"
-	case mtaclient.CmdData:
-		return "DATA"
-	case mtaclient.CmdHeader:
-		return "HEADER"
-	case mtaclient.CmdEOH:
-		return "EOH"
-	case mtaclient.CmdBody:
-		return "BODY"
-	case mtaclient.CmdEOM:
-		return "EOM"
-	}
-	return "nothing"
 }

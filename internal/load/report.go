@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/batv/batv/internal/mtaclient"
+	gomilter "github.com/d--j/go-milter"
 )
 
 // WriteText writes the report for a person to read.
@@ -60,15 +60,15 @@ func Micro(d time.Duration) time.Duration {
 func StagesString(proto uint32) string {
 	stages := []struct {
 		name   string
-		noSend uint32
+		noSend gomilter.OptProtocol
 	}{
-		{"CONNECT", mtaclient.ProtoNoConnect}, {"HELO", mtaclient.ProtoNoHelo},
-		{"MAIL", mtaclient.ProtoNoMail}, {"RCPT", mtaclient.ProtoNoRcpt}, {"DATA", mtaclient.ProtoNoData},
-		{"HEADER", mtaclient.ProtoNoHeaders}, {"EOH", mtaclient.ProtoNoEOH}, {"BODY", mtaclient.ProtoNoBody},
+		{"CONNECT", gomilter.OptNoConnect}, {"HELO", gomilter.OptNoHelo},
+		{"MAIL", gomilter.OptNoMailFrom}, {"RCPT", gomilter.OptNoRcptTo}, {"DATA", gomilter.OptNoData},
+		{"HEADER", gomilter.OptNoHeaders}, {"EOH", gomilter.OptNoEOH}, {"BODY", gomilter.OptNoBody},
 	}
 	var names []string
 	for _, s := range stages {
-		if proto&s.noSend == 0 {
+		if gomilter.OptProtocol(proto)&s.noSend == 0 {
 			names = append(names, s.name)
 		}
 	}

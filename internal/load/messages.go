@@ -5,13 +5,13 @@ import (
 	"strings"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/mtaclient"
+	"github.com/batv/batv/internal/mta"
 )
 
 // testMessage is one message of a workload and what the milter should do
 // with it.
 type testMessage struct {
-	msg mtaclient.Message
+	msg mta.Message
 	// tagged and untagged are the recipient of an inbound message, with
 	// and without its tag.
 	tagged, untagged string
@@ -21,21 +21,16 @@ type testMessage struct {
 // mail, the MX that sends the bounces.
 const remoteDomain = "remote.example"
 
-// connInfo is what Postfix's smtpd knows about the client of a workload,
-// for the CONNECT macros: an authenticated submission client on the
-// documentation network for outbound mail, a remote MX for bounces. The
-// addresses are outside batv's default internal networks.
-func connInfo(opts Options) mtaclient.PostfixInfo {
-	if opts.Workload == Outbound {
-		return mtaclient.PostfixInfo{
-			Hostname: "mail." + opts.Domain, DaemonName: "ORIGINATING", DaemonAddr: "192.0.2.1",
-			ClientName: "client.example.net", ClientAddr: "192.0.2.10",
-		}
+// smtpClient is the SMTP client of a workload, as Postfix's smtpd sees
+// it: an authenticated submission client on the documentation network,
+// on a listener named ORIGINATING, for outbound mail; a remote MX on the
+// MX listener for bounces. The addresses are outside batv's default
+// internal networks.
+func smtpClient(w Workload) mta.SMTPClient {
+	if w == Outbound {
+		return mta.SMTPClient{Addr: "192.0.2.10", Port: 34567, Daemon: "ORIGINATING"}
 	}
-	return mtaclient.PostfixInfo{
-		Hostname: "mail." + opts.Domain, DaemonAddr: "192.0.2.1",
-		ClientName: "mx." + remoteDomain, ClientAddr: "198.51.100.25",
-	}
+	return mta.SMTPClient{Addr: "198.51.100.25", Port: 34567}
 }
 
 // buildMessages makes the distinct messages a run cycles through: the
@@ -54,10 +49,10 @@ func buildMessages(opts Options) ([]testMessage, error) {
 		msgID := fmt.Sprintf("<%d.load@%s>", 1000+i, opts.Domain)
 		if opts.Workload == Outbound {
 			rcpt := fmt.Sprintf("friend%03d@%s", i, remoteDomain)
-			m.msg = mtaclient.Message{
+			m.msg = mta.Message{
 				Sender:     addr,
 				Recipients: []string{rcpt},
-				Headers: []mtaclient.Header{
+				Headers: []mta.Header{
 					{Name: "From", Value: " User " + user + " <" + addr + ">"},
 					{Name: "To", Value: " <" + rcpt + ">"},
 					{Name: "Subject", Value: fmt.Sprintf(" load test message %d", i)},
@@ -82,10 +77,10 @@ func buildMessages(opts Options) ([]testMessage, error) {
 		if opts.Workload == InboundForged {
 			m.tagged = forge(s.Address)
 		}
-		m.msg = mtaclient.Message{
+		m.msg = mta.Message{
 			Sender:     "",
 			Recipients: []string{m.tagged},
-			Headers: []mtaclient.Header{
+			Headers: []mta.Header{
 				{Name: "From", Value: " MAILER-DAEMON@mx." + remoteDomain + " (Mail Delivery System)"},
 				{Name: "To", Value: " <" + m.tagged + ">"},
 				{Name: "Subject", Value: " Undelivered Mail Returned to Sender"},
