@@ -33,8 +33,18 @@
 //   - Expiry window: a tag is within its window iff
 //     (DDD - today) mod 1000 is between 0 and the longest lifetime the site
 //     signs with (Verifier.MaxLifetime). The expiry day is the tag's last
-//     valid day. Exim and Halon accept any future DDD, and so a captured tag
-//     again in each later 1000-day cycle; this package does not.
+//     valid day. Exim and Halon accept any DDD from today to the end of the
+//     1000-day cycle, so they accept a captured tag again for most of each
+//     later cycle; this package accepts it on L + 1 days of each cycle only.
+//   - No verifier can refuse it on those days: three digits cannot tell one
+//     1000-day cycle from the next, so a tag made on day D is within its
+//     window again from day D + 1000 (a tag of 2026-12-02 verifies as valid
+//     on 2029-08-28 if its key still does). What stops the replay is the
+//     key: it must retire before its first tags come round again. Package
+//     keyring does that by default (a key signs for at most about 980 days
+//     and retires within 990 days of starting to sign); a Keyring of your
+//     own must do the same, and SingleKey, which never retires, must not be
+//     used for longer than that.
 //   - Case: the MAC covers the address exactly as given. Because some MTAs
 //     change case in transit, verification also accepts a MAC over the
 //     ASCII-lowercased address, unless Verifier.Strict is set; Result.Match

@@ -42,11 +42,44 @@ type Keyring interface {
 	VerificationKey(now time.Time, id int, domain string) (key Key, ok bool)
 }
 
+// LifetimeKeyring is a Keyring that retires keys on the assumption that no
+// tag outlives a maximum lifetime: once a key stops signing it keeps
+// verifying for MaxLifetimeDays days (and a margin), then no longer. A
+// signer or verifier that uses a longer lifetime with it would see genuine
+// tags become unknown-key before they expire. Package keyring's Keyring and
+// Watcher implement it.
+type LifetimeKeyring interface {
+	Keyring
+	// MaxLifetimeDays returns the longest tag lifetime, in days, that the
+	// keyring keeps keys for.
+	MaxLifetimeDays() int
+}
+
+// CheckLifetime reports whether tags of lifetime days can be used with
+// keys: if keys is a LifetimeKeyring whose MaxLifetimeDays is shorter, the
+// error wraps ErrInvalidLifetime and says both numbers. Any other Keyring
+// (SingleKey, say) never retires keys and passes. Signer.Validate and
+// Verifier.Validate call it; a program that builds its signer and verifier
+// from a configuration calls them once, at start and at each reload.
+func CheckLifetime(keys Keyring, lifetime int) error {
+	lk, ok := keys.(LifetimeKeyring)
+	if !ok {
+		return nil
+	}
+	if max := lk.MaxLifetimeDays(); lifetime > max {
+		return fmt.Errorf("%w: tags of %d days outlive the keyring's keys, which it keeps for tags of at most %d days (its maximum lifetime)",
+			ErrInvalidLifetime, lifetime, max)
+	}
+	return nil
+}
+
 // Errors for misuse of the package. Verification and signing outcomes are
 // results, not errors: see Status and Skip.
 var (
 	// ErrNoSigningKey means the keyring has no key that signs now.
 	ErrNoSigningKey = errors.New("batv: no signing key")
+	// ErrNoKeyring means a Signer or Verifier has no Keys.
+	ErrNoKeyring = errors.New("batv: no keyring")
 	// ErrInvalidKey means a key is unusable: id outside 0-9 or empty secret.
 	ErrInvalidKey = errors.New("batv: invalid key")
 	// ErrInvalidLifetime means a lifetime outside MinLifetime..MaxLifetime.

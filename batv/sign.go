@@ -84,12 +84,25 @@ type Signed struct {
 	Expiry int
 }
 
-// Sign tags addr, an envelope sender without angle brackets. The MAC covers
-// the address bytes exactly as given. An address that must not be signed
-// comes back unchanged with a Skip reason; the error is for misuse (no
-// signing key, invalid Lifetime or SubAddress) and wraps ErrNoSigningKey,
-// ErrInvalidKey, ErrInvalidLifetime or ErrInvalidDelimiter.
+// Sign tags addr, an envelope sender without angle brackets, at the
+// time the Now field gives. The MAC covers the address bytes exactly as
+// given. An address that must not be signed comes back unchanged with a
+// Skip reason; the error is for misuse (no signing key, invalid Lifetime or
+// SubAddress) and wraps ErrNoSigningKey, ErrInvalidKey, ErrInvalidLifetime
+// or ErrInvalidDelimiter.
 func (s *Signer) Sign(addr string) (Signed, error) {
+	return s.sign(addr, time.Time{}, false)
+}
+
+// SignAt is Sign at the instant now, for a caller that already holds the
+// time (one reading per message, say); the Now field is not used.
+func (s *Signer) SignAt(addr string, now time.Time) (Signed, error) {
+	return s.sign(addr, now, true)
+}
+
+// sign is Sign at now if haveNow, else at the Now field's time, read only
+// once the address is known to need a signature.
+func (s *Signer) sign(addr string, now time.Time, haveNow bool) (Signed, error) {
 	lifetime, err := checkLifetime(s.Lifetime)
 	if err != nil {
 		return Signed{}, err
@@ -101,7 +114,9 @@ func (s *Signer) Sign(addr string) (Signed, error) {
 		return Signed{Address: addr, Skip: skip}, nil
 	}
 	at := strings.LastIndexByte(addr, '@')
-	now := timeNow(s.Now)
+	if !haveNow {
+		now = timeNow(s.Now)
+	}
 	key, err := s.Keys.SigningKey(now, addr[at+1:])
 	if err != nil {
 		return Signed{}, err
@@ -119,6 +134,30 @@ func (s *Signer) Sign(addr string) (Signed, error) {
 	putKDDD(kddd[:], t.KeyID, t.Expiry)
 	t.MAC = tagMAC(key.Secret, kddd, addr, false)
 	return Signed{Address: t.format(s.SubAddress), KeyID: t.KeyID, Expiry: t.Expiry}, nil
+}
+
+// Validate reports what would make every Sign fail, so that a program can
+// refuse its configuration at start rather than at the first message: no
+// Keys, an invalid Lifetime or SubAddress, or a Lifetime longer than Keys
+// keeps its keys for, when Keys is a LifetimeKeyring (see CheckLifetime).
+// Sign does not repeat the keyring check.
+func (s *Signer) Validate() error {
+	return validate("signer", s.Keys, s.Lifetime, s.SubAddress)
+}
+
+// validate is Signer.Validate and Verifier.Validate: delim 0 is none.
+func validate(who string, keys Keyring, lifetime int, delim byte) error {
+	if keys == nil {
+		return fmt.Errorf("%w: the %s has no Keys", ErrNoKeyring, who)
+	}
+	days, err := checkLifetime(lifetime)
+	if err != nil {
+		return err
+	}
+	if delim != 0 && !ValidDelimiter(delim) {
+		return fmt.Errorf("%w: %q", ErrInvalidDelimiter, delim)
+	}
+	return CheckLifetime(keys, days)
 }
 
 // format builds the signed address in one allocation.

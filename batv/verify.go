@@ -115,12 +115,19 @@ type Verifier struct {
 	Now func() time.Time
 }
 
-// Verify checks addr, an envelope recipient without angle brackets, and
-// says whether it carries a valid tag. Every outcome is a Result; the error
-// is for misuse only (invalid MaxLifetime or Delimiter). Verify does not
-// allocate for a standard-form address.
+// Verify checks addr, an envelope recipient without angle brackets, at the
+// time the Now field gives, and says whether it carries a valid tag. Every
+// outcome is a Result; the error is for misuse only (invalid MaxLifetime or
+// Delimiter). Verify does not allocate for a standard-form address, and
+// reads the clock only for an address that carries a tag.
 func (v *Verifier) Verify(addr string) (Result, error) {
-	return v.verify(addr, true)
+	return v.verify(addr, time.Time{}, false, true)
+}
+
+// VerifyAt is Verify at the instant now, for a caller that already holds
+// the time (one reading per message, say); the Now field is not used.
+func (v *Verifier) VerifyAt(addr string, now time.Time) (Result, error) {
+	return v.verify(addr, now, true, true)
 }
 
 // VerifyIgnoringExpiry is Verify without the window check: Valid means the
@@ -129,10 +136,26 @@ func (v *Verifier) Verify(addr string) (Result, error) {
 // not a bounce (a reply to the Return-Path, an auto-reply), whose tag only
 // needs to be removed before delivery.
 func (v *Verifier) VerifyIgnoringExpiry(addr string) (Result, error) {
-	return v.verify(addr, false)
+	return v.verify(addr, time.Time{}, false, false)
 }
 
-func (v *Verifier) verify(addr string, checkWindow bool) (Result, error) {
+// VerifyIgnoringExpiryAt is VerifyIgnoringExpiry at the instant now.
+func (v *Verifier) VerifyIgnoringExpiryAt(addr string, now time.Time) (Result, error) {
+	return v.verify(addr, now, true, false)
+}
+
+// Validate reports what would make every Verify fail, so that a program
+// can refuse its configuration at start: no Keys, an invalid MaxLifetime or
+// Delimiter, or a MaxLifetime longer than Keys keeps its keys for, when
+// Keys is a LifetimeKeyring (see CheckLifetime). Verify does not repeat the
+// keyring check.
+func (v *Verifier) Validate() error {
+	return validate("verifier", v.Keys, v.MaxLifetime, v.Delimiter)
+}
+
+// verify is Verify at now if haveNow, else at the Now field's time, read
+// only once the address is known to carry a tag.
+func (v *Verifier) verify(addr string, now time.Time, haveNow, checkWindow bool) (Result, error) {
 	maxLife, err := checkLifetime(v.MaxLifetime)
 	if err != nil {
 		return Result{}, err
@@ -147,7 +170,9 @@ func (v *Verifier) verify(addr string, checkWindow bool) (Result, error) {
 	if st != Valid {
 		return Result{Status: st, Reason: reason}, nil
 	}
-	now := timeNow(v.Now)
+	if !haveNow {
+		now = timeNow(v.Now)
+	}
 	r := Result{Tag: t, DaysLeft: daysLeft(t.Expiry, now, maxLife)}
 
 	key, ok := v.Keys.VerificationKey(now, t.KeyID, t.Domain())
