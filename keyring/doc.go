@@ -10,21 +10,34 @@
 // staged rotation safe on a fleet: every host that loads the new file can
 // verify the new key before any host signs with it.
 //
+// No key signs for longer than Keyring.MaxSigningPeriod (981 days with the
+// default settings), so that every key retires within RetireWithinDays (990)
+// days of starting to sign: the three-digit expiry day of a tag repeats
+// every 1000 days, and a key that still verified then would accept its
+// first tags again. Warnings says so from SigningLimitNotice (90 days)
+// before a key reaches the limit with no key to follow it. A key shorter
+// than MinKeySize (16 bytes), which only an import can bring, never signs.
+//
 // The file format, the key states and the operating procedures are
 // documented in docs/keyring.md.
 //
 // # Snapshots and the file
 //
 // A *Keyring is an immutable snapshot, safe for concurrent use, that
-// implements batv.Keyring. Load reads and validates a file (refusing one that
-// group or others can access); Parse validates bytes without touching the
-// file system. The mutating methods (Rotate, Prune, Import) are pure: they
-// take the instant and the randomness as arguments and return a new
-// snapshot. The functions Create, Rotate, Prune and Import apply them to the
-// file under a lock file beside it and replace the file atomically.
+// implements batv.Keyring and batv.LifetimeKeyring. Parse validates bytes
+// without touching the file system. The mutating methods (Rotate, Prune,
+// Import) are pure: they take the instant and the randomness as arguments
+// and return a new snapshot.
+//
+// A File is the keyring file: its Load reads and validates it (refusing one
+// that group or others can access, or that is not a regular file), Check
+// reports every problem at once, and Create, Rotate, Prune and Import apply
+// the pure methods to the file under a lock file beside it and replace it
+// atomically, through a symbolic link if Path is one.
 //
 // A daemon keeps the current snapshot in a Watcher, which reloads the file
 // when it changes and keeps the old snapshot if the new file is unusable.
+// A Watcher is a batv.Keyring too, always using the current snapshot.
 //
 // # Per-domain keys
 //
@@ -43,7 +56,8 @@
 // # Secrets
 //
 // No function of this package puts key bytes in an error or a string
-// representation: errors name the file, the key id and what is wrong. The
-// only ways to obtain secret bytes are SigningKey, VerificationKey and
-// Export.
+// representation: errors name the file, the key id, the field and what is
+// wrong, and never quote a value of a key entry (a secret pasted into the
+// wrong field would show). The only ways to obtain secret bytes are
+// SigningKey, VerificationKey and Export.
 package keyring

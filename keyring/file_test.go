@@ -20,7 +20,7 @@ import (
 func createTestFile(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "keyring.json")
-	if _, err := Create(path, t0, &countingReader{}, DefaultOptions()); err != nil {
+	if _, err := (File{Path: path}).Create(t0, &countingReader{}, DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -58,11 +58,11 @@ func TestCreate(t *testing.T) {
 	if perm := fi.Mode().Perm(); perm != 0o600 {
 		t.Errorf("created with mode %04o, want 0600", perm)
 	}
-	if lf, err := os.Stat(LockPath(path)); err != nil || lf.Mode().Perm() != 0o600 {
+	if lf, err := os.Stat((File{Path: path}).LockPath()); err != nil || lf.Mode().Perm() != 0o600 {
 		t.Errorf("lock file: %v", err)
 	}
 	before := readFile(t, path)
-	_, err = Create(path, t0.Add(day), &countingReader{next: 9}, DefaultOptions())
+	_, err = File{Path: path}.Create(t0.Add(day), &countingReader{next: 9}, DefaultOptions())
 	if !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), path) {
 		t.Errorf("second Create: err %v, want ErrExists naming the file", err)
 	}
@@ -72,7 +72,7 @@ func TestCreate(t *testing.T) {
 	if names := dirEntries(t, filepath.Dir(path)); len(names) != 2 {
 		t.Errorf("directory holds %v; want the keyring and its lock", names)
 	}
-	if _, err := Create(filepath.Join(t.TempDir(), "missing", "k.json"), t0, &countingReader{}, DefaultOptions()); err == nil {
+	if _, err := (File{Path: filepath.Join(t.TempDir(), "missing", "k.json")}).Create(t0, &countingReader{}, DefaultOptions()); err == nil {
 		t.Error("Create in a missing directory succeeded")
 	}
 }
@@ -83,26 +83,26 @@ func TestLoadMode(t *testing.T) {
 		if err := os.Chmod(path, mode); err != nil {
 			t.Fatal(err)
 		}
-		_, err := Load(path)
+		_, err := File{Path: path}.Load()
 		want := fmt.Sprintf("%04o", mode)
 		if !errors.Is(err, ErrInsecureMode) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), want) {
 			t.Errorf("mode %s: err %v; want ErrInsecureMode naming %s and %s", want, err, path, want)
 		}
 		// Nor is such a file rewritten.
-		if _, _, err := Rotate(path, t0.Add(day), 0, &countingReader{}); !errors.Is(err, ErrInsecureMode) {
+		if _, _, err := (File{Path: path}).Rotate(t0.Add(day), 0, &countingReader{}); !errors.Is(err, ErrInsecureMode) {
 			t.Errorf("Rotate on mode %s: err %v", want, err)
 		}
 	}
 	for _, mode := range []fs.FileMode{0o600, 0o400} {
 		os.Chmod(path, mode)
-		if _, err := Load(path); err != nil {
+		if _, err := (File{Path: path}).Load(); err != nil {
 			t.Errorf("mode %04o: %v", mode, err)
 		}
 	}
-	if _, err := Load(filepath.Dir(path)); !errors.Is(err, ErrInvalid) {
+	if _, err := (File{Path: filepath.Dir(path)}).Load(); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Load of a directory: err %v", err)
 	}
-	if _, err := Load(filepath.Join(t.TempDir(), "none.json")); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := (File{Path: filepath.Join(t.TempDir(), "none.json")}).Load(); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Load of a missing file: err %v", err)
 	}
 }
@@ -122,10 +122,10 @@ func TestDamagedFileNeverReplaced(t *testing.T) {
 			if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, errLoad := Load(path)
-			_, _, errRotate := Rotate(path, t0.Add(30*day), 0, &countingReader{})
-			_, _, errPrune := Prune(path, t0.Add(30*day))
-			_, errImport := Import(path, t0.Add(30*day), 5, []byte("0123456789abcdef"), ImportOptions{})
+			_, errLoad := File{Path: path}.Load()
+			_, _, errRotate := File{Path: path}.Rotate(t0.Add(30*day), 0, &countingReader{})
+			_, _, errPrune := File{Path: path}.Prune(t0.Add(30 * day))
+			_, errImport := File{Path: path}.Import(t0.Add(30*day), 5, []byte("0123456789abcdef"), ImportOptions{})
 			for _, err := range []error{errLoad, errRotate, errPrune, errImport} {
 				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), path) {
 					t.Errorf("err %v; want ErrInvalid naming the file", err)
@@ -134,7 +134,7 @@ func TestDamagedFileNeverReplaced(t *testing.T) {
 			if got := readFile(t, path); string(got) != data {
 				t.Error("the damaged file was changed")
 			}
-			if res := Check(path, t0); len(res.Problems) == 0 || res.Keyring != nil {
+			if res := (File{Path: path}).Check(t0); len(res.Problems) == 0 || res.Keyring != nil {
 				t.Errorf("Check found no problem: %+v", res)
 			}
 		})
@@ -145,11 +145,11 @@ func TestFileOperations(t *testing.T) {
 	path := createTestFile(t)
 	rnd := &countingReader{next: 64}
 
-	r, id, err := Rotate(path, t0.Add(7*day), time.Hour, rnd)
+	r, id, err := File{Path: path}.Rotate(t0.Add(7*day), time.Hour, rnd)
 	if err != nil || id != 1 {
 		t.Fatalf("Rotate: id %d, err %v", id, err)
 	}
-	loaded, err := Load(path)
+	loaded, err := File{Path: path}.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,31 +159,31 @@ func TestFileOperations(t *testing.T) {
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
 		t.Errorf("rewritten with mode %04o", fi.Mode().Perm())
 	}
-	if _, _, err := Rotate(path, t0.Add(7*day), time.Hour, rnd); !errors.Is(err, ErrRotationPending) {
+	if _, _, err := (File{Path: path}).Rotate(t0.Add(7*day), time.Hour, rnd); !errors.Is(err, ErrRotationPending) {
 		t.Errorf("second staged Rotate: %v", err)
 	}
 
 	// Prune with nothing to remove does not rewrite the file.
 	before, _ := os.Stat(path)
-	_, removed, err := Prune(path, t0.Add(8*day))
+	_, removed, err := File{Path: path}.Prune(t0.Add(8 * day))
 	if err != nil || removed != nil {
 		t.Fatalf("Prune: %v %v", removed, err)
 	}
 	if after, _ := os.Stat(path); !os.SameFile(before, after) {
 		t.Error("Prune rewrote the file with nothing to remove")
 	}
-	_, removed, err = Prune(path, t0.Add(30*day))
+	_, removed, err = File{Path: path}.Prune(t0.Add(30 * day))
 	if err != nil || fmt.Sprint(removed) != "[0]" {
 		t.Fatalf("Prune: %v %v", removed, err)
 	}
-	if r, _ := Load(path); len(r.Keys(t0)) != 1 {
+	if r, _ := (File{Path: path}).Load(); len(r.Keys(t0)) != 1 {
 		t.Error("Prune did not remove key 0 from the file")
 	}
 
-	if _, err := Import(path, t0.Add(30*day), 4, []byte("exim secret"), ImportOptions{}); err != nil {
+	if _, err := (File{Path: path}).Import(t0.Add(30*day), 4, []byte("exim secret"), ImportOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := Load(path); !verifies(r, t0.Add(30*day), 4) {
+	if r, _ := (File{Path: path}).Load(); !verifies(r, t0.Add(30*day), 4) {
 		t.Error("imported key not in the file")
 	}
 	if names := dirEntries(t, filepath.Dir(path)); len(names) != 2 {
@@ -191,10 +191,10 @@ func TestFileOperations(t *testing.T) {
 	}
 
 	missing := filepath.Join(t.TempDir(), "none.json")
-	if _, _, err := Rotate(missing, t0, 0, rnd); !errors.Is(err, fs.ErrNotExist) {
+	if _, _, err := (File{Path: missing}).Rotate(t0, 0, rnd); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Rotate of a missing file: %v", err)
 	}
-	if _, err := os.Stat(LockPath(missing)); err == nil {
+	if _, err := os.Stat((File{Path: missing}).LockPath()); err == nil {
 		t.Error("a failed operation on a missing keyring left a lock file")
 	}
 }
@@ -203,7 +203,7 @@ func TestCheck(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keyring.json")
 	bad := strings.NewReplacer(`"id": 1,`, `"id": 0,`, `"AAEC`, `"*AEC`).Replace(validFile)
 	os.WriteFile(path, []byte(bad), 0o644)
-	res := Check(path, t0)
+	res := File{Path: path}.Check(t0)
 	if len(res.Problems) != 3 {
 		t.Errorf("problems %q; want the mode, the duplicate id and the base64", res.Problems)
 	}
@@ -214,11 +214,11 @@ func TestCheck(t *testing.T) {
 	}
 	os.WriteFile(path, []byte(validFile), 0o600)
 	os.Chmod(path, 0o600)
-	res = Check(path, time.Date(2025, 1, 30, 0, 0, 0, 0, time.UTC))
+	res = File{Path: path}.Check(time.Date(2025, 1, 30, 0, 0, 0, 0, time.UTC))
 	if len(res.Problems) != 0 || res.Keyring == nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "key 0 is retired") {
 		t.Errorf("valid file: %+v", res)
 	}
-	res = Check(filepath.Join(filepath.Dir(path), "none"), t0)
+	res = File{Path: filepath.Join(filepath.Dir(path), "none")}.Check(t0)
 	if len(res.Problems) != 1 || !strings.Contains(res.Problems[0], "no such file") {
 		t.Errorf("missing file: %q", res.Problems)
 	}
@@ -234,7 +234,7 @@ func TestKeepOwner(t *testing.T) {
 	if err := os.Chown(path, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := Rotate(path, t0.Add(day), 0, &countingReader{}); err != nil {
+	if _, _, err := (File{Path: path}).Rotate(t0.Add(day), 0, &countingReader{}); err != nil {
 		t.Fatal(err)
 	}
 	fi, _ := os.Stat(path)
@@ -258,7 +258,7 @@ func TestConcurrentRotate(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, ids[i], errs[i] = Rotate(path, t0.Add(day), 0, &countingReader{next: byte(32 * (i + 1))})
+				_, ids[i], errs[i] = File{Path: path}.Rotate(t0.Add(day), 0, &countingReader{next: byte(32 * (i + 1))})
 			}()
 		}
 		wg.Wait()
@@ -272,7 +272,7 @@ func TestConcurrentRotate(t *testing.T) {
 			}
 			seen[ids[i]] = true
 		}
-		r, err := Load(path)
+		r, err := File{Path: path}.Load()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -289,7 +289,7 @@ func TestConcurrentRotate(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, _, errs[i] = Rotate(path, t0.Add(day), time.Hour, &countingReader{next: byte(i)})
+				_, _, errs[i] = File{Path: path}.Rotate(t0.Add(day), time.Hour, &countingReader{next: byte(i)})
 			}()
 		}
 		wg.Wait()
@@ -305,7 +305,7 @@ func TestConcurrentRotate(t *testing.T) {
 		if ok != 1 {
 			t.Errorf("%d staged rotations succeeded, want exactly 1", ok)
 		}
-		if r, err := Load(path); err != nil || len(r.Keys(t0)) != 2 {
+		if r, err := (File{Path: path}).Load(); err != nil || len(r.Keys(t0)) != 2 {
 			t.Errorf("file after the race: %v", err)
 		}
 	})
@@ -333,7 +333,7 @@ func TestHelperProcess(t *testing.T) {
 	var err error
 	switch op {
 	case "rotate":
-		_, res.ID, err = Rotate(path, t0.Add(day), 0, &countingReader{next: byte(seed)})
+		_, res.ID, err = File{Path: path}.Rotate(t0.Add(day), 0, &countingReader{next: byte(seed)})
 	default:
 		t.Fatalf("unknown helper op %q", op)
 	}
@@ -398,7 +398,7 @@ func TestConcurrentRotateProcesses(t *testing.T) {
 		}
 		seen[res.ID] = true
 	}
-	r, err := Load(path)
+	r, err := File{Path: path}.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ func TestReadOnlyDirectory(t *testing.T) {
 	dir := filepath.Join(base, "ro")
 	os.Mkdir(dir, 0o755)
 	path := filepath.Join(dir, "keyring.json")
-	if _, err := Create(path, t0, &countingReader{}, DefaultOptions()); err != nil {
+	if _, err := (File{Path: path}).Create(t0, &countingReader{}, DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
 	before := readFile(t, path)
@@ -444,7 +444,7 @@ func TestReadOnlyDirectory(t *testing.T) {
 		if err := os.WriteFile(exe, data, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		for _, p := range []string{path, LockPath(path)} {
+		for _, p := range []string{path, (File{Path: path}).LockPath()} {
 			if err := os.Chown(p, 65534, 65534); err != nil {
 				t.Skipf("cannot simulate a read-only directory: %v", err)
 			}
@@ -455,7 +455,7 @@ func TestReadOnlyDirectory(t *testing.T) {
 
 	run := func(t *testing.T) helperResult {
 		if !asRoot {
-			_, _, err := Rotate(path, t0.Add(day), 0, &countingReader{})
+			_, _, err := File{Path: path}.Rotate(t0.Add(day), 0, &countingReader{})
 			res := helperResult{}
 			if err != nil {
 				res.Err = err.Error()
@@ -489,7 +489,7 @@ func TestReadOnlyDirectory(t *testing.T) {
 		}
 	})
 	t.Run("lock file", func(t *testing.T) {
-		if err := os.Remove(LockPath(path)); err != nil && !asRoot {
+		if err := os.Remove((File{Path: path}).LockPath()); err != nil && !asRoot {
 			t.Skip("cannot remove the lock file from the read-only directory")
 		}
 		res := run(t)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -132,10 +133,30 @@ func jsonProblem(data []byte, err error, offset int64) string {
 		return fmt.Sprintf("%s: %s must be %s, not a JSON %s", position(data, typ.Offset-1), typ.Field, jsonKind(typ.Type.String()), what)
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Sprintf("%s: the file is truncated (unexpected end of JSON input)", position(data, int64(len(data))))
+	case strings.HasPrefix(err.Error(), `json: unknown field "`):
+		// The decoder gives no position, nor the object the field is in.
+		name, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+		if !fieldName(name) {
+			return "unknown field (its name is not shown: it does not look like a field name, and could be a secret pasted in the wrong place)"
+		}
+		return fmt.Sprintf("unknown field %q", name)
 	default:
-		// Such as: json: unknown field "x". The decoder gives no position.
 		return strings.TrimPrefix(err.Error(), "json: ")
 	}
+}
+
+// fieldName reports whether s looks like a field name of the format: a
+// short lowercase word with underscores, nothing that could hold a secret.
+func fieldName(s string) bool {
+	if s == "" || len(s) > 20 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 'a' || c > 'z') && c != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 func jsonKind(goType string) string {
@@ -210,7 +231,7 @@ func build(f *fileKeyring) (*Keyring, []string) {
 		if fk.ID == nil {
 			add("%s: id is missing", name)
 		} else if id := *fk.ID; id < batv.MinKeyID || id > batv.MaxKeyID {
-			add("%s: id %d is not a digit from %d to %d", name, id, batv.MinKeyID, batv.MaxKeyID)
+			add("%s: id is not a digit from %d to %d", name, batv.MinKeyID, batv.MaxKeyID)
 		} else {
 			k.id, idOK = id, true
 			name = fmt.Sprintf("key %d", id)
@@ -285,7 +306,7 @@ func (r *Keyring) consistency() []string {
 	sort.Slice(signers, func(i, j int) bool { return signers[i].notBefore.Before(signers[j].notBefore) })
 	for i := 1; i < len(signers); i++ {
 		a, b := signers[i-1], signers[i]
-		if a.stopped.IsZero() || a.stopped.After(b.notBefore) {
+		if r.stop(a).After(b.notBefore) {
 			problems = append(problems, fmt.Sprintf(
 				"keys %d and %d would both sign at %s: key %d must stop signing (stopped_signing) no later than key %d's not_before",
 				a.id, b.id, formatTime(b.notBefore), a.id, b.id))
@@ -299,13 +320,15 @@ func parseTime(s *string, name string, add func(string, ...any)) time.Time {
 		add("%s is missing", name)
 		return time.Time{}
 	}
+	// The messages never quote the value: a secret pasted into the wrong
+	// field would be shown.
 	t, err := time.Parse(time.RFC3339, *s)
 	if err != nil {
-		add("%s %q is not an RFC 3339 time such as 2025-01-31T12:00:00Z", name, *s)
+		add("%s is not an RFC 3339 time such as 2025-01-31T12:00:00Z", name)
 		return time.Time{}
 	}
 	if t.Before(minTime) {
-		add("%s %q is before 1970", name, *s)
+		add("%s is before 1970", name)
 		return time.Time{}
 	}
 	return t.UTC()

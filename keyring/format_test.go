@@ -90,7 +90,7 @@ func TestParseInvalid(t *testing.T) {
 		{"duplicate id", rep(`"id": 1,`, `"id": 0,`), ErrInvalid,
 			[]string{"keys[0] and keys[1] both have id 0"}},
 		{"id out of range", rep(`"id": 1,`, `"id": 10,`), ErrInvalid,
-			[]string{"keys[1]: id 10 is not a digit"}},
+			[]string{"keys[1]: id is not a digit"}},
 		{"bad base64", rep(`"ICEi`, `"I!Ei`), ErrInvalid,
 			[]string{"key 1: secret is not valid base64"}},
 		{"base64 with a line break", rep(`"ICEi`, `"ICEi\n`), ErrInvalid,

@@ -14,3 +14,9 @@ func identityOf(fi fs.FileInfo) identity {
 
 // keepOwner does nothing where files have no Unix owner.
 func keepOwner(*os.File, fs.FileInfo) error { return nil }
+
+// openNonBlock is 0 where there are no FIFOs to block on.
+const openNonBlock = 0
+
+// ownerWarning does nothing where files have no Unix owner.
+func ownerWarning(fs.FileInfo) string { return "" }

@@ -45,6 +45,19 @@ const (
 	MinKeySize = 16
 	// MaxKeySize is the longest secret a keyring accepts.
 	MaxKeySize = 1024
+
+	// RetireWithinDays bounds how long any key of a keyring verifies: it
+	// retires at most this many days after it starts signing. The
+	// three-digit expiry day of a tag repeats every 1000 days, so a tag
+	// made on day D is within its window again from day D + 1000; a key
+	// that retired before then cannot accept it. The 10 days of margin
+	// cover a verifier's clock-skew allowance and hosts that disagree on
+	// the date. MaxSigningPeriod follows from it.
+	RetireWithinDays = 990
+	// SigningLimitNotice is how long before a key reaches the end of its
+	// longest signing period (MaxSigningPeriod) Warnings starts saying so,
+	// if no key is scheduled to follow it.
+	SigningLimitNotice = 90 * 24 * time.Hour
 )
 
 // Errors returned by this package. Each error it returns wraps one of them
@@ -127,14 +140,22 @@ type KeyInfo struct {
 	Created time.Time
 	// NotBefore is when the key starts (or started) signing.
 	NotBefore time.Time
-	// StoppedSigning is when the key stops (or stopped) signing; zero if
-	// no end is scheduled. A key whose StoppedSigning equals its NotBefore
-	// never signs here (an imported verify-only key, or a pending key a
-	// rotation with no delay superseded).
+	// StoppedSigning is when the key stops (or stopped) signing: the
+	// stopped_signing of the file, or NotBefore + the keyring's
+	// MaxSigningPeriod if that comes first or the file schedules no end.
+	// A key whose StoppedSigning equals its NotBefore never signs here (an
+	// imported verify-only key, or a pending key a rotation with no delay
+	// superseded).
 	StoppedSigning time.Time
+	// Limited is true when StoppedSigning is the end of the key's longest
+	// signing period rather than a stop the file schedules.
+	Limited bool
 	// Retires is when the key stops verifying: StoppedSigning + maximum
-	// lifetime + one day + grace. Zero if no end of signing is scheduled.
+	// lifetime + one day + grace.
 	Retires time.Time
+	// Weak is true for a key shorter than MinKeySize: it never signs,
+	// whatever its signing period, and only verifies.
+	Weak bool
 }
 
 // Keyring is an immutable snapshot of a keyring file. It is safe for
@@ -149,7 +170,7 @@ type Keyring struct {
 	cache     *domainCache
 }
 
-var _ batv.Keyring = (*Keyring)(nil)
+var _ batv.LifetimeKeyring = (*Keyring)(nil)
 
 // key is one stored key. The zero stopped time means "no end scheduled".
 type key struct {
@@ -160,32 +181,65 @@ type key struct {
 	stopped   time.Time
 }
 
-// signsAt reports whether the key's signing period contains t.
-func (k *key) signsAt(t time.Time) bool {
-	return !t.Before(k.notBefore) && (k.stopped.IsZero() || t.Before(k.stopped))
-}
-
-// signs reports whether the key's signing period is not empty.
+// signs reports whether the key's signing period, as the file gives it, is
+// not empty.
 func (k *key) signs() bool {
 	return k.stopped.IsZero() || k.notBefore.Before(k.stopped)
 }
 
-// retires returns when the key stops verifying, or the zero time if it has
-// no scheduled end of signing.
-func (r *Keyring) retires(k *key) time.Time {
-	if k.stopped.IsZero() {
-		return time.Time{}
-	}
-	return k.stopped.Add(time.Duration(r.lifetime+1)*24*time.Hour + r.grace)
+// weak reports whether the key is too short ever to sign: it may only
+// verify the tags of the system it was imported from.
+func (k *key) weak() bool { return len(k.secret) < MinKeySize }
+
+// MaxSigningPeriod returns the longest time any key of the keyring signs:
+// RetireWithinDays days less the time a key keeps verifying after it stops
+// signing (the maximum lifetime + one day + the grace period). A key signs
+// from its not_before until its stopped_signing or until not_before +
+// MaxSigningPeriod, whichever comes first, so that it retires before the
+// first tags it made can be valid again in the next 1000-day cycle of the
+// expiry day. With the default settings it is 981 days.
+func (r *Keyring) MaxSigningPeriod() time.Duration {
+	return RetireWithinDays*24*time.Hour - r.verifyTail()
 }
+
+// verifyTail is how long a key keeps verifying after it stops signing.
+func (r *Keyring) verifyTail() time.Duration {
+	return time.Duration(r.lifetime+1)*24*time.Hour + r.grace
+}
+
+// limit returns when the key's longest signing period ends.
+func (r *Keyring) limit(k *key) time.Time { return k.notBefore.Add(r.MaxSigningPeriod()) }
+
+// stop returns when the key stops (or stopped) signing: its stopped_signing,
+// or the end of its longest signing period if that comes first or the file
+// schedules no end. It is never the zero time.
+func (r *Keyring) stop(k *key) time.Time {
+	if l := r.limit(k); k.stopped.IsZero() || l.Before(k.stopped) {
+		return l
+	}
+	return k.stopped
+}
+
+// limited reports whether the key stops signing because of its longest
+// signing period rather than a stopped_signing of its own.
+func (r *Keyring) limited(k *key) bool { return !r.stop(k).Equal(k.stopped) }
+
+// signsAt reports whether the key signs at t: it is not weak and t is in
+// its signing period.
+func (r *Keyring) signsAt(k *key, t time.Time) bool {
+	return !k.weak() && !t.Before(k.notBefore) && t.Before(r.stop(k))
+}
+
+// retires returns when the key stops verifying.
+func (r *Keyring) retires(k *key) time.Time { return r.stop(k).Add(r.verifyTail()) }
 
 func (r *Keyring) state(k *key, now time.Time) State {
 	switch {
-	case !k.stopped.IsZero() && !now.Before(r.retires(k)):
+	case !now.Before(r.retires(k)):
 		return Retired
-	case k.signsAt(now):
+	case r.signsAt(k, now):
 		return Signing
-	case now.Before(k.notBefore) && k.signs():
+	case now.Before(k.notBefore) && k.signs() && !k.weak():
 		return Pending
 	default:
 		return Verifying
@@ -245,8 +299,10 @@ func (r *Keyring) Keys(now time.Time) []KeyInfo {
 			Size:           len(k.secret),
 			Created:        k.created,
 			NotBefore:      k.notBefore,
-			StoppedSigning: k.stopped,
+			StoppedSigning: r.stop(k),
+			Limited:        r.limited(k),
 			Retires:        r.retires(k),
+			Weak:           k.weak(),
 		}
 	}
 	return infos
@@ -263,7 +319,7 @@ func (r *Keyring) SigningKeyID(now time.Time) (id int, ok bool) {
 
 func (r *Keyring) signer(now time.Time) *key {
 	for i := range r.keys {
-		if r.keys[i].signsAt(now) {
+		if r.signsAt(&r.keys[i], now) {
 			return &r.keys[i]
 		}
 	}
@@ -271,8 +327,8 @@ func (r *Keyring) signer(now time.Time) *key {
 }
 
 // NextChange returns the first instant after now at which the signing key
-// changes (a key starts or stops signing); ok is false if none is
-// scheduled.
+// changes (a key starts or stops signing, the end of its longest signing
+// period included); ok is false if none is scheduled.
 func (r *Keyring) NextChange(now time.Time) (t time.Time, ok bool) {
 	consider := func(c time.Time) {
 		if c.After(now) && (!ok || c.Before(t)) {
@@ -281,13 +337,11 @@ func (r *Keyring) NextChange(now time.Time) (t time.Time, ok bool) {
 	}
 	for i := range r.keys {
 		k := &r.keys[i]
-		if !k.signs() {
+		if !k.signs() || k.weak() {
 			continue
 		}
 		consider(k.notBefore)
-		if !k.stopped.IsZero() {
-			consider(k.stopped)
-		}
+		consider(r.stop(k))
 	}
 	return t, ok
 }
@@ -350,7 +404,9 @@ func (r *Keyring) Export(id int, domain string) ([]byte, error) {
 
 // Warnings returns the things about the keyring at now that are allowed
 // but deserve attention: weak keys, retired keys not yet pruned, no key
-// signing, every id in use. Each is one sentence without secrets.
+// signing, signing that ends with no key to follow (from SigningLimitNotice
+// before the end of a key's longest signing period), every id in use. Each
+// is one sentence without secrets.
 func (r *Keyring) Warnings(now time.Time) []string {
 	var w []string
 	if len(r.keys) == 0 {
@@ -358,9 +414,17 @@ func (r *Keyring) Warnings(now time.Time) []string {
 	}
 	for i := range r.keys {
 		k := &r.keys[i]
-		if len(k.secret) < MinKeySize {
+		if k.weak() {
 			w = append(w, fmt.Sprintf("key %d is only %d bytes long; keys shorter than %d bytes are weak: keep it only as long as the old system's tags need it",
 				k.id, len(k.secret), MinKeySize))
+			if k.signs() && now.Before(r.stop(k)) {
+				w = append(w, fmt.Sprintf("key %d has a signing period until %s, but a key shorter than %d bytes never signs: it only verifies",
+					k.id, formatTime(r.stop(k)), MinKeySize))
+			}
+		}
+		if looksLikeKeyMap(k.secret) {
+			w = append(w, fmt.Sprintf("key %d is the text of a batv-tools key map (lines of a sender and a key file), not a key: it was imported by mistake and verifies nothing batv-tools signed; import the key file the map names (batv keys import --id 0 FILE)",
+				k.id))
 		}
 		if r.state(k, now) == Retired {
 			w = append(w, fmt.Sprintf("key %d is retired since %s; run \"batv keys prune\" to remove it",
@@ -371,14 +435,25 @@ func (r *Keyring) Warnings(now time.Time) []string {
 				k.id, formatTime(k.created)))
 		}
 	}
-	if len(r.keys) > 0 && r.signer(now) == nil {
+	last := r.lastSigner()
+	switch {
+	case len(r.keys) == 0:
+	case r.signer(now) == nil:
 		if t, ok := r.NextChange(now); ok && r.signerFrom(t) {
 			w = append(w, fmt.Sprintf("no key signs now; a key starts signing at %s", formatTime(t)))
+		} else if last != nil && r.limited(last) && !now.Before(r.stop(last)) {
+			w = append(w, fmt.Sprintf("no key signs now: key %d reached the end of its longest signing period (%s) at %s and no key follows it; add one now (batv keys rotate --now)",
+				last.id, days(r.MaxSigningPeriod()), formatTime(r.stop(last))))
 		} else {
 			w = append(w, "no key signs now: signing mail is impossible until a key is added (batv keys rotate)")
 		}
-	} else if last := r.lastStop(); !last.IsZero() {
-		w = append(w, fmt.Sprintf("signing stops at %s and no key follows: rotate before then", formatTime(last)))
+	case !r.limited(last):
+		w = append(w, fmt.Sprintf("signing stops at %s and no key follows: rotate before then", formatTime(r.stop(last))))
+	case !now.Before(r.stop(last).Add(-SigningLimitNotice)):
+		w = append(w, fmt.Sprintf("key %d has signed since %s and stops signing at %s, %s from now, with no key to follow it: "+
+			"a key signs for at most %s, so that it retires before the three-digit expiry day of its first tags comes round again "+
+			"(every 1000 days); rotate before then (batv keys rotate)",
+			last.id, formatTime(last.notBefore), formatTime(r.stop(last)), days(r.stop(last).Sub(now)), days(r.MaxSigningPeriod())))
 	}
 	if len(r.keys) == batv.MaxKeyID-batv.MinKeyID+1 {
 		if _, err := r.freeID(now, 0); err != nil {
@@ -390,23 +465,29 @@ func (r *Keyring) Warnings(now time.Time) []string {
 
 func (r *Keyring) signerFrom(t time.Time) bool { return r.signer(t) != nil }
 
-// lastStop returns the end of the last scheduled signing period if every
-// signing period ends, and the zero time otherwise.
-func (r *Keyring) lastStop() time.Time {
-	var last time.Time
+// lastSigner returns the key whose signing period ends last, among the keys
+// that can sign, or nil if none can.
+func (r *Keyring) lastSigner() *key {
+	var last *key
 	for i := range r.keys {
 		k := &r.keys[i]
-		if !k.signs() {
+		if !k.signs() || k.weak() {
 			continue
 		}
-		if k.stopped.IsZero() {
-			return time.Time{}
-		}
-		if k.stopped.After(last) {
-			last = k.stopped
+		if last == nil || r.stop(k).After(r.stop(last)) {
+			last = k
 		}
 	}
 	return last
+}
+
+// days formats a duration as a number of days, rounded down, with its unit.
+func days(d time.Duration) string {
+	n := int(d / (24 * time.Hour))
+	if n == 1 {
+		return "1 day"
+	}
+	return fmt.Sprintf("%d days", n)
 }
 
 // formatTime formats t the way the file and the messages show instants.

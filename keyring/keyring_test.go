@@ -86,8 +86,9 @@ func TestNew(t *testing.T) {
 	if !r.Created().Equal(t0) || r.MaxLifetimeDays() != 7 || r.Grace() != 24*time.Hour || r.PerDomain() {
 		t.Errorf("settings %s %d %s %t", r.Created(), r.MaxLifetimeDays(), r.Grace(), r.PerDomain())
 	}
-	if _, ok := r.NextChange(t0); ok {
-		t.Error("NextChange: a lone signing key has no scheduled change")
+	// A lone key stops signing at the end of its longest signing period.
+	if next, ok := r.NextChange(t0); !ok || !next.Equal(t0.Add(981*day)) || r.MaxSigningPeriod() != 981*day {
+		t.Errorf("NextChange = %s, %t; want the end of the longest signing period, %s", next, ok, t0.Add(981*day))
 	}
 
 	opts := DefaultOptions()
@@ -148,8 +149,8 @@ func TestLifecycle(t *testing.T) {
 	if next, ok := r.NextChange(t1); !ok || !next.Equal(switchAt) {
 		t.Errorf("NextChange(t1) = %s, %t; want %s", next, ok, switchAt)
 	}
-	if _, ok := r.NextChange(switchAt); ok {
-		t.Error("no change is scheduled after the switch")
+	if next, ok := r.NextChange(switchAt); !ok || !next.Equal(switchAt.Add(r.MaxSigningPeriod())) {
+		t.Errorf("after the switch NextChange = %s, %t; want the end of key 1's longest signing period", next, ok)
 	}
 
 	// Key 0 stopped at switchAt. The last tag it made expires at the end
@@ -404,11 +405,11 @@ func TestImport(t *testing.T) {
 		} {
 			_, err := r.Import(t0, tc.id, tc.secret, tc.opts)
 			if !errors.Is(err, tc.want) {
-				t.Errorf("Import(id %d, %d bytes, %+v): err %v, want %v", tc.id, len(tc.secret), tc.opts, err, tc.want)
+				t.Errorf("File{Path: id %d}.Import(%d bytes, %+v): err %v, want %v", tc.id, len(tc.secret), tc.opts, err, tc.want)
 			}
 		}
 		_, err := r.Import(t0, 0, secret, ImportOptions{})
-		if err == nil || !strings.Contains(err.Error(), "no scheduled end") {
+		if err == nil || !strings.Contains(err.Error(), "key 0 is signing; rotate it out first") {
 			t.Errorf("import over the signing key: %v", err)
 		}
 	})

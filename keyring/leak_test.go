@@ -2,6 +2,7 @@ package keyring
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"math/rand/v2"
 	"os"
@@ -86,10 +87,10 @@ func TestDamagedFileErrorsShowNoSecret(t *testing.T) {
 			if err := os.WriteFile(path, v, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Load(path); err != nil {
+			if _, err := (File{Path: path}).Load(); err != nil {
 				keyringtest.AssertNone(t, "Load error", err.Error(), secrets)
 			}
-			res := Check(path, t0)
+			res := File{Path: path}.Check(t0)
 			keyringtest.AssertNone(t, "Check problems", strings.Join(res.Problems, "\n"), secrets)
 		}
 	}
@@ -107,4 +108,55 @@ func (f *fixedReader) Read(p []byte) (int, error) {
 	f.b = f.b[n:]
 	clear(p[n:])
 	return len(p), nil
+}
+
+// TestMisplacedSecretNotEchoed pastes a key's base64 secret into every
+// other field of a key entry, and into field names, as a careless edit
+// would: no error of Parse, Load or Check quotes it. The values of key
+// entries are never echoed; errors name the field and what is wrong.
+func TestMisplacedSecretNotEchoed(t *testing.T) {
+	sum := sha256.Sum256([]byte("a secret pasted in the wrong place"))
+	secret := sum[:]
+	b64 := base64.StdEncoding.EncodeToString(secret)
+	good := validFile
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyring.json")
+	for _, tc := range []struct{ name, from, to string }{
+		{"created", `"created": "2025-01-08T12:00:00Z"`, `"created": "` + b64 + `"`},
+		{"not_before", `"not_before": "2025-01-08T13:00:00Z"`, `"not_before": "` + b64 + `"`},
+		{"stopped_signing", `"stopped_signing": "2025-01-08T13:00:00Z"`, `"stopped_signing": "` + b64 + `"`},
+		{"keyring created", `"created": "2025-01-01T12:00:00Z",
+  "max_lifetime_days"`, `"created": "` + b64 + `",
+  "max_lifetime_days"`},
+		{"check", `"check": "a0a5639d1216"`, `"check": "` + b64 + `"`},
+		{"id as a string", `"id": 1,`, `"id": "` + b64 + `",`},
+		{"field name", `"check": "a0a5639d1216"`, `"` + b64 + `": "a0a5639d1216"`},
+		{"version", `"version": 1`, `"version": "` + b64 + `"`},
+		{"time before 1970", `"not_before": "2025-01-08T13:00:00Z"`, `"not_before": "1969-12-31T23:59:59Z"`},
+	} {
+		data := strings.Replace(good, tc.from, tc.to, 1)
+		if data == good {
+			t.Fatalf("%s: the test did not change the file", tc.name)
+		}
+		_, err := Parse([]byte(data))
+		if err == nil {
+			t.Errorf("%s: accepted", tc.name)
+			continue
+		}
+		keyringtest.AssertNone(t, tc.name+": Parse error", err.Error(), [][]byte{secret})
+		os.WriteFile(path, []byte(data), 0o600)
+		if _, err := (File{Path: path}).Load(); err != nil {
+			keyringtest.AssertNone(t, tc.name+": Load error", err.Error(), [][]byte{secret})
+		}
+		res := File{Path: path}.Check(t0)
+		keyringtest.AssertNone(t, tc.name+": Check problems", strings.Join(res.Problems, "\n"), [][]byte{secret})
+		if tc.name == "time before 1970" && strings.Contains(err.Error(), "1969") {
+			t.Errorf("%s: the value is quoted: %v", tc.name, err)
+		}
+	}
+	// A field name that is a name is still named.
+	_, err := Parse([]byte(strings.Replace(good, `"check": "a0a5639d1216"`, `"chek": "a0a5639d1216"`, 1)))
+	if err == nil || !strings.Contains(err.Error(), `unknown field "chek"`) {
+		t.Errorf("a misspelt field: %v", err)
+	}
 }

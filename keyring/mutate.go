@@ -44,8 +44,8 @@ func (opts Options) validate() error {
 // ImportOptions say how an imported key is used.
 type ImportOptions struct {
 	// Sign makes the imported key the signing key from now on, as a
-	// rotation with no delay would. By default an imported key only
-	// verifies.
+	// rotation with no delay would; the secret must then be at least
+	// MinKeySize bytes. By default an imported key only verifies.
 	Sign bool
 	// Until is when the old system stopped, or will stop, signing with
 	// the key; a verify-only imported key verifies until Until + maximum
@@ -138,11 +138,11 @@ func (r *Keyring) Prune(now time.Time) (*Keyring, []int) {
 
 // Import returns a copy of the keyring with secret as key id, a key made by
 // another system (batv-tools, Exim) whose tags must keep verifying. The
-// secret is kept byte for byte; it may be shorter than MinKeySize (see
-// Warnings) but not empty. By default the key only verifies, as a key that
-// stopped signing at opts.Until (or now); with opts.Sign it becomes the
-// signing key now. The id must be free, or its key retired (ErrIDInUse
-// otherwise, saying when it will be).
+// secret is kept byte for byte. By default the key only verifies, as a key
+// that stopped signing at opts.Until (or now); with opts.Sign it becomes
+// the signing key now. A secret shorter than MinKeySize may only verify
+// (see Warnings): with opts.Sign it is refused. The id must be free, or its
+// key retired (ErrIDInUse otherwise, saying when it will be).
 func (r *Keyring) Import(now time.Time, id int, secret []byte, opts ImportOptions) (*Keyring, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
@@ -152,6 +152,14 @@ func (r *Keyring) Import(now time.Time, id int, secret []byte, opts ImportOption
 	}
 	if opts.Sign && !opts.Until.IsZero() {
 		return nil, fmt.Errorf("%w: an imported key cannot both sign now and have stopped signing", ErrInvalidOption)
+	}
+	if looksLikeKeyMap(secret) {
+		return nil, fmt.Errorf("%w: the secret is the text of a batv-tools key map (lines of a sender and a key file), not a key: import the key files it names",
+			ErrInvalidOption)
+	}
+	if opts.Sign && len(secret) < MinKeySize {
+		return nil, fmt.Errorf("%w: the secret is %d bytes; a key shorter than %d bytes may be imported to verify the old system's tags, never to sign",
+			ErrInvalidOption, len(secret), MinKeySize)
 	}
 	now = instant(now)
 	if k := r.find(id); k != nil && r.state(k, now) != Retired {
@@ -180,7 +188,7 @@ func (r *Keyring) with(k key) *Keyring {
 		if o.id == k.id {
 			continue
 		}
-		if k.signs() && o.signs() && (o.stopped.IsZero() || o.stopped.After(k.notBefore)) {
+		if k.signs() && o.signs() && r.stop(&o).After(k.notBefore) {
 			if o.notBefore.Before(k.notBefore) {
 				o.stopped = k.notBefore
 			} else {
@@ -218,7 +226,7 @@ func (r *Keyring) checked() (*Keyring, error) {
 // pending returns a key scheduled to sign after now, or nil.
 func (r *Keyring) pending(now time.Time) *key {
 	for i := range r.keys {
-		if k := &r.keys[i]; k.signs() && now.Before(k.notBefore) {
+		if k := &r.keys[i]; r.state(k, now) == Pending {
 			return k
 		}
 	}
@@ -248,12 +256,9 @@ func (r *Keyring) freeID(now time.Time, start int) (int, error) {
 		if k == nil || r.state(k, now) == Retired {
 			return id, nil
 		}
-		if t := r.retires(k); !t.IsZero() && (soonest == nil || t.Before(r.retires(soonest))) {
+		if soonest == nil || r.retires(k).Before(r.retires(soonest)) {
 			soonest = k
 		}
-	}
-	if soonest == nil {
-		return 0, fmt.Errorf("%w: all ten key ids are in use and none has a scheduled end", ErrIDInUse)
 	}
 	return 0, fmt.Errorf("%w: all ten key ids are in use; the first to become free is %d, at %s, when tags made with its key can no longer be valid",
 		ErrIDInUse, soonest.id, formatTime(r.retires(soonest)))
@@ -261,12 +266,12 @@ func (r *Keyring) freeID(now time.Time, start int) (int, error) {
 
 // inUse explains why k's id cannot be reused at now.
 func (r *Keyring) inUse(k *key, now time.Time) error {
-	if t := r.retires(k); !t.IsZero() {
-		return fmt.Errorf("%w: key %d is %s until %s; its id can be reused from then, when tags made with it can no longer be valid",
-			ErrIDInUse, k.id, r.state(k, now), formatTime(t))
+	if st := r.state(k, now); st == Signing || st == Pending {
+		return fmt.Errorf("%w: key %d is %s; rotate it out first, then its id can be reused %d days + %s after it stops signing",
+			ErrIDInUse, k.id, st, r.lifetime+1, r.grace)
 	}
-	return fmt.Errorf("%w: key %d is %s with no scheduled end; rotate it out first, then its id can be reused %d days + %s after it stops signing",
-		ErrIDInUse, k.id, r.state(k, now), r.lifetime+1, r.grace)
+	return fmt.Errorf("%w: key %d is %s until %s; its id can be reused from then, when tags made with it can no longer be valid",
+		ErrIDInUse, k.id, r.state(k, now), formatTime(r.retires(k)))
 }
 
 func checkID(id int) error {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/batv/batv/batv"
 )
 
 // DefaultPollInterval is how often Watcher.Run looks at the file when given
@@ -25,8 +27,14 @@ type identity struct {
 
 // Watcher holds the current keyring of a daemon and replaces it when the
 // file changes. Current never blocks and always returns a usable snapshot:
-// a reload that fails (file deleted, truncated, damaged, not private) keeps
-// the previous one. A Watcher is safe for concurrent use.
+// a reload that fails (file deleted, truncated, damaged, not private, not a
+// regular file) keeps the previous one. A Watcher is safe for concurrent
+// use.
+//
+// A Watcher is itself a batv.Keyring (and a batv.LifetimeKeyring): each
+// call uses the snapshot current at that moment. A program that signs or
+// verifies several addresses of one message with the same keys takes
+// Current once instead.
 type Watcher struct {
 	path   string
 	report func(error)
@@ -52,9 +60,30 @@ func NewWatcher(path string, report func(error)) (*Watcher, error) {
 	return w, nil
 }
 
+var _ batv.LifetimeKeyring = (*Watcher)(nil)
+
 // Current returns the current keyring. A caller handling one message
 // should call it once and use that snapshot throughout.
 func (w *Watcher) Current() *Keyring { return w.cur.Load() }
+
+// SigningKey returns the signing key of the current keyring, so that a
+// Watcher can be the Keys of a batv.Signer; see Keyring.SigningKey.
+func (w *Watcher) SigningKey(now time.Time, domain string) (batv.Key, error) {
+	return w.Current().SigningKey(now, domain)
+}
+
+// VerificationKey returns a verification key of the current keyring, so
+// that a Watcher can be the Keys of a batv.Verifier; see
+// Keyring.VerificationKey.
+func (w *Watcher) VerificationKey(now time.Time, id int, domain string) (batv.Key, bool) {
+	return w.Current().VerificationKey(now, id, domain)
+}
+
+// MaxLifetimeDays returns the maximum lifetime of the current keyring; see
+// Keyring.MaxLifetimeDays and batv.CheckLifetime. The commands never change
+// it, so it is the same in every keyring the Watcher loads unless the file
+// is edited by hand.
+func (w *Watcher) MaxLifetimeDays() int { return w.Current().MaxLifetimeDays() }
 
 // Reload loads the file now (on SIGHUP, say) and makes it current. On any
 // error the current keyring stays and the error says why. It does not call

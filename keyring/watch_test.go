@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -56,7 +57,7 @@ func TestWatcherPoll(t *testing.T) {
 	}
 
 	// A rotation (rename over the file) is picked up.
-	if _, _, err := Rotate(path, t0.Add(day), 0, &countingReader{next: 100}); err != nil {
+	if _, _, err := (File{Path: path}).Rotate(t0.Add(day), 0, &countingReader{next: 100}); err != nil {
 		t.Fatal(err)
 	}
 	if !w.poll() || rep.last() != nil {
@@ -123,49 +124,61 @@ func TestWatcherPoll(t *testing.T) {
 	}
 }
 
-// TestWatcherRun drives Run with a short interval and waits for its
-// reports; nothing sleeps.
+// TestWatcherRun drives Run on synctest's clock: each poll interval
+// passes at once, and synctest.Wait returns when the poll is done, so the
+// test knows exactly which changes one interval picks up.
 func TestWatcherRun(t *testing.T) {
-	path := createTestFile(t)
-	rep := newReports()
-	w, err := NewWatcher(path, rep.report)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		w.Run(ctx, time.Millisecond)
-		close(done)
-	}()
-	wait := func() error {
-		select {
-		case err := <-rep.ch:
-			return err
-		case <-time.After(10 * time.Second):
-			t.Fatal("no reload reported")
-			return nil
+	synctest.Test(t, func(t *testing.T) {
+		path := createTestFile(t)
+		rep := newReports()
+		w, err := NewWatcher(path, rep.report)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			w.Run(ctx, time.Minute)
+			close(done)
+		}()
+		// next lets one interval pass and returns the report of its poll,
+		// or nil and false if it made none.
+		next := func() (error, bool) {
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			select {
+			case err := <-rep.ch:
+				return err, true
+			default:
+				return nil, false
+			}
+		}
 
-	if _, _, err := Rotate(path, t0.Add(day), 0, &countingReader{next: 1}); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait(); err != nil {
-		t.Fatal(err)
-	}
-	if id := mustSigner(t, w.Current(), t0.Add(day)); id != 1 {
-		t.Errorf("key %d signs after the reload", id)
-	}
-	os.WriteFile(path, []byte("{"), 0o600)
-	if err := wait(); !errors.Is(err, ErrInvalid) {
-		t.Errorf("reported %v", err)
-	}
-	if id := mustSigner(t, w.Current(), t0.Add(day)); id != 1 {
-		t.Error("a damaged file replaced the keyring")
-	}
-	cancel()
-	<-done
+		if _, ok := next(); ok {
+			t.Fatal("an unchanged file was reported")
+		}
+		if _, _, err := (File{Path: path}).Rotate(t0.Add(day), 0, &countingReader{next: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err, ok := next(); !ok || err != nil {
+			t.Fatalf("rotation: reported %t, %v", ok, err)
+		}
+		if id := mustSigner(t, w.Current(), t0.Add(day)); id != 1 {
+			t.Errorf("key %d signs after the reload", id)
+		}
+		os.WriteFile(path, []byte("{"), 0o600)
+		if err, ok := next(); !ok || !errors.Is(err, ErrInvalid) {
+			t.Errorf("damaged file: reported %t, %v", ok, err)
+		}
+		if _, ok := next(); ok {
+			t.Error("the damaged file was reported twice")
+		}
+		if id := mustSigner(t, w.Current(), t0.Add(day)); id != 1 {
+			t.Error("a damaged file replaced the keyring")
+		}
+		cancel()
+		<-done
+	})
 }
 
 // TestWatcherConcurrent reads the current keyring while it is reloaded.
@@ -195,7 +208,7 @@ func TestWatcherConcurrent(t *testing.T) {
 		}()
 	}
 	for i := range 5 {
-		if _, _, err := Rotate(path, t0.Add(time.Duration(i+1)*day), 0, &countingReader{next: byte(i * 40)}); err != nil {
+		if _, _, err := (File{Path: path}).Rotate(t0.Add(time.Duration(i+1)*day), 0, &countingReader{next: byte(i * 40)}); err != nil {
 			t.Fatal(err)
 		}
 		w.poll()

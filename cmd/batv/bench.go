@@ -218,7 +218,7 @@ func benchKeys(c *cli.Context, anyReply bool) (batv.Keyring, error) {
 	if anyReply && !c.IsSet(flagKeyring) {
 		return nil, nil
 	}
-	kr, err := keyring.Load(c.String(flagKeyring))
+	kr, err := keyring.File{Path: c.String(flagKeyring)}.Load()
 	if err != nil {
 		return nil, usageError("%v (give the milter's keys with --keyring or --secret-file, or use --any-reply)", err)
 	}

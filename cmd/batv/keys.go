@@ -21,12 +21,12 @@ import (
 	"github.com/batv/batv/keyring"
 )
 
-// The clock and the randomness of the keys commands; tests replace them.
-// The library never reads either itself.
-var (
-	keysNow            = time.Now
-	keysRand io.Reader = rand.Reader
-)
+// keysCmd builds the keys commands. rand is where new keys come from:
+// crypto/rand, or a fixed reader in tests. (The library never reads the
+// clock or the random source itself; these commands pass them in.)
+type keysCmd struct {
+	rand io.Reader
+}
 
 // Flags of the keys commands.
 const (
@@ -45,16 +45,15 @@ const (
 	keysFlagOutput      = "output"
 )
 
-// maxImportSize bounds a key file read by import.
-const maxImportSize = 64 << 10
-
 const keysExitStatuses = `Exit status: 0 on success; 1 if the operation was refused by the state of the
 keyring (a key id still in use, a rotation already pending, an existing file) or
 failed at run time (the file could not be written or locked); 2 on bad usage or
 an unreadable, damaged or insecure keyring file.`
 
 // keysCommand returns the "batv keys" command and its subcommands.
-func keysCommand() *cli.Command {
+func keysCommand() *cli.Command { return keysCmd{rand: rand.Reader}.command() }
+
+func (k keysCmd) command() *cli.Command {
 	return &cli.Command{
 		Name:  "keys",
 		Usage: "manage the keyring: create, list, rotate, prune, import, export and check keys",
@@ -64,7 +63,9 @@ The keyring is one JSON file holding up to ten keys, one per key id 0-9 (the
 digit after "prvs=" in a tag). At any instant one key signs; a key scheduled to
 sign later (pending) already verifies; a key that stopped signing keeps
 verifying for the maximum tag lifetime + 1 day + the grace period, then is
-retired and can be pruned. The file must be mode 0600; the commands take a lock
+retired and can be pruned. A key signs for at most about 980 days, so that it
+retires before its first tags could be valid again (the expiry day has three
+digits): rotate at least that often (yearly is a good habit). The file must be mode 0600; the commands take a lock
 (the file name + ".lock") and replace the file atomically, so they can run
 while the daemon reads it. Key bytes are never printed, except by export.
 
@@ -82,9 +83,9 @@ file format and the rotation procedures.
 			},
 		},
 		Subcommands: []*cli.Command{
-			keysInitCommand(),
+			k.initCommand(),
 			keysListCommand(),
-			keysRotateCommand(),
+			k.rotateCommand(),
 			keysPruneCommand(),
 			keysImportCommand(),
 			keysExportCommand(),
@@ -104,7 +105,7 @@ func keysKeyringFlag() *cli.StringFlag {
 	return f
 }
 
-func keysInitCommand() *cli.Command {
+func (k keysCmd) initCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "init",
 		Usage: "create a new keyring with one signing key",
@@ -141,7 +142,7 @@ commands later.
 				Value: 0,
 			},
 		},
-		Action: keysInit,
+		Action: k.init,
 	}
 }
 
@@ -154,7 +155,12 @@ func keysListCommand() *cli.Command {
 Shows the keyring's settings, the signing key, when the signing key next
 changes, and for each key: its id, state (pending, signing, verifying or
 retired), length in bytes, not_before, when it stops or stopped signing, and
-when it retires. Warnings go to standard error.
+when it retires. A key signs for at most about 980 days (less with a longer
+lifetime or grace period): a date marked * is that limit, which a rotation
+must come before; every key then retires within 990 days of starting to sign,
+before the three-digit expiry day of its first tags comes round again. A
+length marked ! is shorter than 16 bytes: such a key only verifies. Warnings go
+to standard error.
 
 ` + keysExitStatuses,
 		Flags: []cli.Flag{
@@ -165,7 +171,7 @@ when it retires. Warnings go to standard error.
 	}
 }
 
-func keysRotateCommand() *cli.Command {
+func (k keysCmd) rotateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "rotate",
 		Usage: "add a new key that signs after a propagation delay (or at once with --now)",
@@ -191,7 +197,7 @@ pending key too; that key never signs, but keeps verifying until it retires.
 			},
 			&cli.BoolFlag{Name: keysFlagNow, Usage: "sign with the new key at once (a single host); same as --delay 0"},
 		},
-		Action: keysRotate,
+		Action: k.rotate,
 	}
 }
 
@@ -217,8 +223,9 @@ func keysImportCommand() *cli.Command {
 		UsageText: `batv keys import --id ID [--format raw|string|hex|base64] [--until TIME | --sign] FILE
 
 Adds the secret in FILE ("-" for standard input) as key --id, which must be the
-key id the old system wrote in its tags (the digit after "prvs="). The id must
-be free or its key retired.
+key id the old system wrote in its tags (the digit after "prvs="; always 0 for
+batv-tools). The id must be free or its key retired. FILE must be a regular
+file; a key that comes through a pipe is read from standard input.
 
 Formats: raw, the default, is the whole file byte for byte, final newline
 included: that is how batv-tools reads its key file. string is an Exim prvs
@@ -227,11 +234,16 @@ or with a newline: either works). hex and base64 decode the file's text,
 surrounding white space ignored. The secret is never taken from the command
 line, where other users could see it.
 
+A batv-tools key map (the file its key-map option names, lines such as
+"@example.com /etc/batv-key") given as FILE is recognised: the key file it names
+is imported, as --id 0. A map whose senders use different key files is refused,
+since a batv keyring holds one key per id for every domain.
+
 By default the key only verifies: it counts as having stopped signing now, or
 at --until, when the old system stops or stopped signing with it, and verifies
 until that instant + the maximum lifetime + 1 day + grace. --sign makes it the
 signing key at once instead. Keys shorter than 16 bytes are accepted with a
-warning.
+warning, to verify only: they never sign, and --sign refuses them.
 
 ` + keysExitStatuses,
 		Flags: []cli.Flag{
@@ -246,7 +258,7 @@ warning.
 				Name:  keysFlagUntil,
 				Usage: "the `TIME` (RFC 3339) at which the old system stops or stopped signing with the key (default: now)",
 			},
-			&cli.BoolFlag{Name: keysFlagSign, Usage: "make the imported key the signing key now instead of verify-only"},
+			&cli.BoolFlag{Name: keysFlagSign, Usage: "make the imported key (16 bytes or more) the signing key now instead of verify-only"},
 		},
 		Action: keysImport,
 	}
@@ -291,11 +303,15 @@ func keysCheckCommand() *cli.Command {
 		Usage: "validate a keyring file and report every problem and warning",
 		UsageText: `batv keys check [FILE]
 
-Checks FILE (default: the keyring) as the daemon would load it: mode 0600, valid
-JSON with no unknown fields, a supported version, valid settings, and keys with
-distinct ids 0-9, canonical base64 secrets, valid times and signing periods that
-do not overlap. Every problem found is reported, then warnings: weak (short)
-keys, retired keys to prune, no key signing, every id in use.
+Checks FILE (default: the keyring) as the daemon would load it: a regular file
+of mode 0600, valid JSON with no unknown fields, a supported version, valid
+settings, and keys with distinct ids 0-9, canonical base64 secrets, valid times
+and signing periods that do not overlap. Every problem found is reported, never
+quoting a value of the file, then warnings: a file owned by another user than
+the one running the check (it must be the daemon's user), weak (short) keys, a
+key that is a batv-tools key map imported by mistake, retired keys to prune, no
+key signing, signing that ends with no key to follow (from 90 days before a key
+reaches its longest signing period), every id in use.
 
 Exit status: 0 if the file can be used (even with warnings); 2 if it cannot.`,
 		Flags:  []cli.Flag{keysKeyringFlag()},
@@ -321,7 +337,7 @@ func keysPath(c *cli.Context) string {
 func keysTime(c *cli.Context) (time.Time, error) {
 	s := c.String(keysFlagAt)
 	if s == "" {
-		return keysNow(), nil
+		return time.Now(), nil
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
@@ -371,7 +387,7 @@ func fmtTime(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-func keysInit(c *cli.Context) error {
+func (k keysCmd) init(c *cli.Context) error {
 	if err := keysNoArgs(c); err != nil {
 		return err
 	}
@@ -385,7 +401,7 @@ func keysInit(c *cli.Context) error {
 	opts.Grace = c.Duration(keysFlagGrace)
 	opts.FirstID = c.Int(keysFlagID)
 	path := keysPath(c)
-	r, err := keyring.Create(path, now, keysRand, opts)
+	r, err := keyring.File{Path: path}.Create(now, k.rand, opts)
 	if err != nil {
 		return keysFail(err)
 	}
@@ -414,10 +430,12 @@ type keysListKeyJSON struct {
 	ID             int    `json:"id"`
 	State          string `json:"state"`
 	Size           int    `json:"size"`
+	Weak           bool   `json:"weak"`
 	Created        string `json:"created"`
 	NotBefore      string `json:"not_before"`
-	StoppedSigning string `json:"stopped_signing,omitempty"`
-	Retires        string `json:"retires,omitempty"`
+	StoppedSigning string `json:"stopped_signing"`
+	SigningLimit   bool   `json:"signing_limit"`
+	Retires        string `json:"retires"`
 }
 
 func keysList(c *cli.Context) error {
@@ -429,7 +447,7 @@ func keysList(c *cli.Context) error {
 		return err
 	}
 	path := keysPath(c)
-	r, err := keyring.Load(path)
+	r, err := keyring.File{Path: path}.Load()
 	if err != nil {
 		return keysFail(err)
 	}
@@ -456,17 +474,15 @@ func keysList(c *cli.Context) error {
 		}
 		for _, k := range r.Keys(now) {
 			jk := keysListKeyJSON{
-				ID:        k.ID,
-				State:     k.State.String(),
-				Size:      k.Size,
-				Created:   fmtTime(k.Created),
-				NotBefore: fmtTime(k.NotBefore),
-			}
-			if !k.StoppedSigning.IsZero() {
-				jk.StoppedSigning = fmtTime(k.StoppedSigning)
-			}
-			if !k.Retires.IsZero() {
-				jk.Retires = fmtTime(k.Retires)
+				ID:             k.ID,
+				State:          k.State.String(),
+				Size:           k.Size,
+				Weak:           k.Weak,
+				Created:        fmtTime(k.Created),
+				NotBefore:      fmtTime(k.NotBefore),
+				StoppedSigning: fmtTime(k.StoppedSigning),
+				SigningLimit:   k.Limited,
+				Retires:        fmtTime(k.Retires),
 			}
 			out.Keys = append(out.Keys, jk)
 		}
@@ -498,19 +514,33 @@ func keysList(c *cli.Context) error {
 	}
 	fmt.Fprintln(&b)
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tBYTES\tNOT BEFORE\tSTOPPED SIGNING\tRETIRES")
+	fmt.Fprintln(tw, "ID\tSTATE\tBYTES\tNOT BEFORE\tSTOPS SIGNING\tRETIRES")
+	limited, weak := false, false
 	for _, k := range r.Keys(now) {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", k.ID, k.State, k.Size,
-			fmtTime(k.NotBefore), fmtTime(k.StoppedSigning), fmtTime(k.Retires))
+		stops, size := fmtTime(k.StoppedSigning), strconv.Itoa(k.Size)
+		if k.Limited {
+			stops, limited = stops+" *", true
+		}
+		if k.Weak {
+			size, weak = size+" !", true
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.State, size,
+			fmtTime(k.NotBefore), stops, fmtTime(k.Retires))
 	}
 	tw.Flush()
+	if limited {
+		fmt.Fprintf(&b, "\n* the end of the key's longest signing period (%d days): rotate before then\n", int(r.MaxSigningPeriod()/(24*time.Hour)))
+	}
+	if weak {
+		fmt.Fprintf(&b, "\n! shorter than %d bytes: the key only verifies, it never signs\n", keyring.MinKeySize)
+	}
 	if _, err := c.App.Writer.Write(b.Bytes()); err != nil {
 		return cli.Exit(fmt.Sprintf("write: %v", err), exitFailure)
 	}
 	return nil
 }
 
-func keysRotate(c *cli.Context) error {
+func (k keysCmd) rotate(c *cli.Context) error {
 	if err := keysNoArgs(c); err != nil {
 		return err
 	}
@@ -529,7 +559,7 @@ func keysRotate(c *cli.Context) error {
 		return usageError("--%s %s is negative", keysFlagDelay, delay)
 	}
 	path := keysPath(c)
-	r, id, err := keyring.Rotate(path, now, delay, keysRand)
+	r, id, err := keyring.File{Path: path}.Rotate(now, delay, k.rand)
 	if err != nil {
 		return keysFail(err)
 	}
@@ -561,7 +591,7 @@ func keysPrune(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	_, removed, err := keyring.Prune(keysPath(c), now)
+	_, removed, err := keyring.File{Path: keysPath(c)}.Prune(now)
 	if err != nil {
 		return keysFail(err)
 	}
@@ -628,24 +658,25 @@ func keysImport(c *cli.Context) error {
 	}
 
 	name := c.Args().First()
-	var in io.Reader
+	var data []byte
 	if name == "-" {
 		name = "standard input"
-		in = c.App.Reader
-	} else {
-		f, err := os.Open(name)
+		data, err = io.ReadAll(io.LimitReader(c.App.Reader, keyring.MaxKeyFileSize+1))
 		if err != nil {
-			return usageError("read the key: %v", err)
+			return usageError("read the key from %s: %v", name, err)
 		}
-		defer f.Close()
-		in = f
+		if len(data) > keyring.MaxKeyFileSize {
+			return usageError("%s is larger than %d bytes: not a key file", name, keyring.MaxKeyFileSize)
+		}
+	} else if data, err = keyring.ReadKeyFile(name); err != nil {
+		return usageError("read the key: %v (give - to read a key from a pipe)", err)
 	}
-	data, err := io.ReadAll(io.LimitReader(in, maxImportSize+1))
-	if err != nil {
-		return usageError("read the key from %s: %v", name, err)
-	}
-	if len(data) > maxImportSize {
-		return usageError("%s is larger than %d bytes: not a key file", name, maxImportSize)
+	var note string
+	if entries, ok := keyring.ParseKeyMap(data); ok && (format == "raw" || format == "string") {
+		if data, note, err = keyMapKey(name, entries, c.Int(keysFlagID)); err != nil {
+			return err
+		}
+		format = "raw"
 	}
 	secret, err := decodeImport(data, format)
 	if err != nil {
@@ -657,7 +688,7 @@ func keysImport(c *cli.Context) error {
 
 	id := c.Int(keysFlagID)
 	path := keysPath(c)
-	r, err := keyring.Import(path, now, id, secret, opts)
+	r, err := keyring.File{Path: path}.Import(now, id, secret, opts)
 	if err != nil {
 		return keysFail(err)
 	}
@@ -666,6 +697,9 @@ func keysImport(c *cli.Context) error {
 			id, len(secret), keyring.MinKeySize)
 	}
 	w := c.App.Writer
+	if note != "" {
+		fmt.Fprintln(w, note)
+	}
 	infos := r.Keys(now)
 	for _, k := range infos {
 		if k.ID != id {
@@ -684,6 +718,66 @@ func keysImport(c *cli.Context) error {
 		keysReportSuperseded(w, infos, k)
 	}
 	return nil
+}
+
+// keyMapKey returns the key a batv-tools key map (read from name) names,
+// and a line saying where it came from. batv-tools writes key id 0 in
+// every tag and picks the key by sender; a batv keyring has one key per id
+// for every domain, so a map whose senders use different keys cannot be
+// imported whole, and is refused with what to do instead. An empty key
+// file (/dev/null) turns BATV off for its sender: nothing to import.
+func keyMapKey(name string, entries []keyring.KeyMapEntry, id int) (key []byte, note string, err error) {
+	if id != 0 {
+		return nil, "", usageError("%s is a batv-tools key map: batv-tools writes key id 0 in every tag, so its keys can only verify as --%s 0",
+			name, keysFlagID)
+	}
+	type use struct {
+		file    string
+		senders []string
+	}
+	var keys []*use
+	byKey := map[string]*use{}
+	var off []string
+	for _, e := range entries {
+		var data []byte
+		if e.KeyFile != os.DevNull {
+			if data, err = keyring.ReadKeyFile(e.KeyFile); err != nil {
+				return nil, "", usageError("%s line %d (a batv-tools key map): the key file of %s: %v", name, e.Line, e.Sender, err)
+			}
+		}
+		if len(data) == 0 {
+			off = append(off, e.Sender)
+			continue
+		}
+		u := byKey[string(data)]
+		if u == nil {
+			u = &use{file: e.KeyFile}
+			byKey[string(data)] = u
+			keys = append(keys, u)
+			key = data
+		}
+		u.senders = append(u.senders, e.Sender)
+	}
+	switch len(keys) {
+	case 0:
+		return nil, "", usageError("%s is a batv-tools key map whose key files are all empty (BATV off for %s): there is no key to import",
+			name, strings.Join(off, ", "))
+	case 1:
+	default:
+		var list []string
+		for _, u := range keys {
+			list = append(list, fmt.Sprintf("%s for %s", u.file, strings.Join(u.senders, ", ")))
+		}
+		return nil, "", usageError("%s is a batv-tools key map with %d different keys (%s); batv-tools tags all carry key id 0 and a batv keyring "+
+			"holds one key per id for every domain, so only one of them can verify here: import the key file whose tags matter most "+
+			"(batv keys import --%s 0 FILE); bounces to tags batv-tools made with the others are refused until they expire",
+			name, len(keys), strings.Join(list, "; "), keysFlagID)
+	}
+	note = fmt.Sprintf("%s is a batv-tools key map: importing the key file %s, the key of %s", name, keys[0].file, strings.Join(keys[0].senders, ", "))
+	if len(off) > 0 {
+		note += fmt.Sprintf("; BATV is off for %s (empty key file), nothing to import", strings.Join(off, ", "))
+	}
+	return key, note, nil
 }
 
 // keysReportSuperseded tells which keys stop signing because the key added
@@ -719,7 +813,7 @@ func keysExport(c *cli.Context) error {
 		return usageError("unknown --%s %q: use raw, hex or base64", keysFlagFormat, format)
 	}
 	path := keysPath(c)
-	r, err := keyring.Load(path)
+	r, err := keyring.File{Path: path}.Load()
 	if err != nil {
 		return keysFail(err)
 	}
@@ -808,7 +902,7 @@ func keysCheck(c *cli.Context) error {
 	if c.NArg() == 1 {
 		path = c.Args().First()
 	}
-	res := keyring.Check(path, now)
+	res := keyring.File{Path: path}.Check(now)
 	for _, p := range res.Problems {
 		fmt.Fprintf(c.App.ErrWriter, "batv: %s: %s\n", path, p)
 	}

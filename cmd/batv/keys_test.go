@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,13 +41,9 @@ var generatedSecrets = [][]byte{
 	[]byte("GENERATED-SECRET-KEY-NUMBER-0006"),
 }
 
-// useKnownRandom makes the keys commands generate generatedSecrets.
-func useKnownRandom(t *testing.T) {
-	t.Helper()
-	old := keysRand
-	keysRand = bytes.NewReader(bytes.Join(generatedSecrets, nil))
-	t.Cleanup(func() { keysRand = old })
-}
+// knownRandom is a random source that yields generatedSecrets, for
+// runKeysWith.
+func knownRandom() io.Reader { return bytes.NewReader(bytes.Join(generatedSecrets, nil)) }
 
 type keysResult struct {
 	code           int
@@ -56,8 +53,24 @@ type keysResult struct {
 // runKeys runs "batv keys ARGS" with stdin and returns what it did.
 func runKeys(t *testing.T, stdin string, args ...string) keysResult {
 	t.Helper()
+	return runKeysWith(t, nil, stdin, args...)
+}
+
+// runKeysWith is runKeys with the keys commands reading new keys from
+// rand (crypto/rand if nil).
+func runKeysWith(t *testing.T, rand io.Reader, stdin string, args ...string) keysResult {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	code := run(append([]string{"batv", "keys"}, args...), strings.NewReader(stdin), &out, &errOut)
+	app := newApp(strings.NewReader(stdin), &out, &errOut)
+	if rand != nil {
+		for i, c := range app.Commands {
+			if c.Name == "keys" {
+				app.Commands[i] = keysCmd{rand: rand}.command()
+				setUsageErrorHandler(app.Commands[i : i+1])
+			}
+		}
+	}
+	code := runApp(app, append([]string{"batv", "keys"}, args...), &errOut)
 	return keysResult{code, out.String(), errOut.String()}
 }
 
@@ -85,8 +98,14 @@ func newKeysDir(t *testing.T) (dir, path string) {
 
 func initKeyring(t *testing.T, path string, extra ...string) {
 	t.Helper()
+	initKeyringWith(t, nil, path, extra...)
+}
+
+// initKeyringWith is initKeyring with the first key read from rand.
+func initKeyringWith(t *testing.T, rand io.Reader, path string, extra ...string) {
+	t.Helper()
 	args := append([]string{"--keyring", path, "--at", keysT0, "init"}, extra...)
-	expectKeys(t, runKeys(t, "", args...), exitOK)
+	expectKeys(t, runKeysWith(t, rand, "", args...), exitOK)
 }
 
 type listOutput struct {
@@ -124,7 +143,6 @@ func states(l listOutput) string {
 }
 
 func TestKeysLifecycle(t *testing.T) {
-	useKnownRandom(t)
 	_, path := newKeysDir(t)
 	kr := func(at time.Duration, args ...string) keysResult {
 		return runKeys(t, "", append([]string{"--keyring", path, "--at", keysAt(t, at)}, args...)...)
@@ -137,9 +155,13 @@ func TestKeysLifecycle(t *testing.T) {
 	expectKeys(t, kr(0, "init"), exitFailure, "already exists")
 
 	r := kr(time.Hour, "list")
-	expectKeys(t, r, exitOK, "signing key: 0", "next signing key change: none scheduled")
+	// The only key stops signing at the end of its longest signing
+	// period, 981 days, and retires 9 days later.
+	limit, retire := keysAt(t, 981*24*time.Hour), keysAt(t, 990*24*time.Hour)
+	expectKeys(t, r, exitOK, "signing key: 0", "next signing key change: "+limit,
+		"* the end of the key's longest signing period (981 days): rotate before then")
 	if table := strings.Join(strings.Fields(r.stdout), " "); !strings.Contains(table,
-		"ID STATE BYTES NOT BEFORE STOPPED SIGNING RETIRES 0 signing 32 "+keysT0+" - -") {
+		"ID STATE BYTES NOT BEFORE STOPS SIGNING RETIRES 0 signing 32 "+keysT0+" "+limit+" * "+retire) {
 		t.Errorf("list table:\n%s", r.stdout)
 	}
 
@@ -173,7 +195,7 @@ func TestKeysLifecycle(t *testing.T) {
 func TestKeysInitOptions(t *testing.T) {
 	_, path := newKeysDir(t)
 	initKeyring(t, path, "--per-domain", "--max-lifetime", "14", "--grace", "2h", "--id", "3")
-	r, err := keyring.Load(path)
+	r, err := keyring.File{Path: path}.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +280,7 @@ func TestKeysImportFormats(t *testing.T) {
 		}
 		r := runKeys(t, "", append(args, file)...)
 		expectKeys(t, r, exitOK, "imported key "+string(rune('0'+id)), "only verifies, until "+keysAt(t, 9*24*time.Hour))
-		kr, err := keyring.Load(path)
+		kr, err := keyring.File{Path: path}.Load()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +312,7 @@ func TestKeysImportFormats(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"--id", "5", filepath.Join(dir, "old")}, exitFailure, "key 5 is signing with no scheduled end"},
+		{[]string{"--id", "5", filepath.Join(dir, "old")}, exitFailure, "key 5 is signing; rotate it out first"},
 		{[]string{"--id", "7", filepath.Join(dir, "old")}, exitFailure, "key 7 is verifying until " + keysAt(t, 39*24*time.Hour) + "; its id can be reused from then"},
 		{[]string{"--id", "12", filepath.Join(dir, "old")}, exitUsage, "not a digit"},
 		{[]string{filepath.Join(dir, "old")}, exitUsage, `Required flag "id"`},
@@ -310,9 +332,8 @@ func TestKeysImportFormats(t *testing.T) {
 }
 
 func TestKeysExport(t *testing.T) {
-	useKnownRandom(t)
 	dir, path := newKeysDir(t)
-	initKeyring(t, path)
+	initKeyringWith(t, knownRandom(), path)
 	secret := generatedSecrets[0]
 	for format, want := range map[string]string{
 		"raw":    string(secret),
@@ -345,7 +366,7 @@ func TestKeysExport(t *testing.T) {
 	_, other := newKeysDir(t)
 	initKeyring(t, other, "--id", "5")
 	expectKeys(t, runKeys(t, "", "--keyring", other, "--at", keysT0, "import", "--id", "0", out), exitOK)
-	if kr, _ := keyring.Load(other); kr != nil {
+	if kr, _ := (keyring.File{Path: other}).Load(); kr != nil {
 		at, _ := time.Parse(time.RFC3339, keysT0)
 		if k, _ := kr.VerificationKey(at, 0, "x"); !bytes.Equal(k.Secret, secret) {
 			t.Error("round trip through export and import changed the key")
@@ -370,9 +391,8 @@ func TestKeysExport(t *testing.T) {
 }
 
 func TestKeysExportDomain(t *testing.T) {
-	useKnownRandom(t)
 	_, path := newKeysDir(t)
-	initKeyring(t, path, "--per-domain")
+	initKeyringWith(t, knownRandom(), path, "--per-domain")
 	want, err := hkdf.Key(sha256.New, generatedSecrets[0], nil, "batv-prvs-domain-key-v1:example.com", 32)
 	if err != nil {
 		t.Fatal(err)
@@ -429,7 +449,7 @@ func TestKeysCheck(t *testing.T) {
 	data = bytes.Replace(data, []byte(`"id": 0`), []byte(`"id": 11`), 1)
 	os.WriteFile(bad, data, 0o640)
 	r := runKeys(t, "", "--at", keysT0, "check", bad)
-	expectKeys(t, r, exitUsage, "mode 0640", "max_lifetime_days is 45", "id 11 is not a digit", "3 problems found")
+	expectKeys(t, r, exitUsage, "mode 0640", "max_lifetime_days is 45", "keys[0]: id is not a digit", "3 problems found")
 
 	os.WriteFile(bad, []byte("{\n  \"version\": 1,\n  oops\n}\n"), 0o600)
 	os.Chmod(bad, 0o600)
@@ -509,7 +529,7 @@ func TestKeysConcurrentRotate(t *testing.T) {
 // checks that no output shows them in any encoding, except the standard
 // output of export.
 func TestKeysNoSecretInOutput(t *testing.T) {
-	useKnownRandom(t)
+	rnd := knownRandom()
 	dir, path := newKeysDir(t)
 	imported := []byte("IMPORTED-EXIM-SECRET-STRING-0042")
 	short := []byte("TinySecret")
@@ -519,7 +539,7 @@ func TestKeysNoSecretInOutput(t *testing.T) {
 
 	var outputs []keysResult
 	kr := func(stdin string, at time.Duration, args ...string) keysResult {
-		r := runKeys(t, stdin, append([]string{"--keyring", path, "--at", keysAt(t, at)}, args...)...)
+		r := runKeysWith(t, rnd, stdin, append([]string{"--keyring", path, "--at", keysAt(t, at)}, args...)...)
 		outputs = append(outputs, r)
 		return r
 	}

@@ -31,7 +31,11 @@ func main() {
 // run builds the application, runs it on args and returns the exit status.
 // Every error reaches the user as one line on stderr.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	app := newApp(stdin, stdout, stderr)
+	return runApp(newApp(stdin, stdout, stderr), args, stderr)
+}
+
+// runApp is run with an application already built.
+func runApp(app *cli.App, args []string, stderr io.Writer) int {
 	err := app.Run(args)
 	if err == nil {
 		return exitOK

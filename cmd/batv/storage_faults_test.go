@@ -84,7 +84,7 @@ func expectUnchanged(t *testing.T, path string, before []byte) {
 	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, before) {
 		t.Errorf("the keyring changed (%v)", err)
 	}
-	if _, err := keyring.Load(path); err != nil {
+	if _, err := (keyring.File{Path: path}).Load(); err != nil {
 		t.Errorf("the keyring no longer loads: %v", err)
 	}
 	if got := names(t, filepath.Dir(path)); !slices.Equal(got, []string{"keyring.json", "keyring.json.lock"}) {

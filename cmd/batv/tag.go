@@ -171,7 +171,7 @@ func keySource(c *cli.Context) (batv.Keyring, func() time.Time, error) {
 		}
 		return batv.SingleKey{ID: id, Secret: secret}, now, nil
 	}
-	kr, err := keyring.Load(c.String(flagKeyring))
+	kr, err := keyring.File{Path: c.String(flagKeyring)}.Load()
 	if err != nil {
 		return nil, nil, usageError("%v", err)
 	}

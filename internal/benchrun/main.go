@@ -103,7 +103,7 @@ func run(ctx context.Context, o runOptions, out io.Writer) (err error) {
 	if b, err := exec.CommandContext(ctx, o.batv, "keys", "init", "--keyring", kr).CombinedOutput(); err != nil {
 		return fmt.Errorf("batv keys init: %v: %s", err, b)
 	}
-	keys, err := keyring.Load(kr)
+	keys, err := keyring.File{Path: kr}.Load()
 	if err != nil {
 		return err
 	}

@@ -59,7 +59,7 @@ func TestPostfixThroughput(t *testing.T) {
 	if b, err := exec.Command(bin, "keys", "init", "--keyring", kr).CombinedOutput(); err != nil {
 		t.Fatalf("batv keys init: %v\n%s", err, b)
 	}
-	keys, err := keyring.Load(kr)
+	keys, err := keyring.File{Path: kr}.Load()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -215,7 +215,7 @@ func (d *Daemon) openKeyring(cfg *Config) error {
 			}
 			opts := keyring.DefaultOptions()
 			opts.MaxLifetimeDays = maxLifetime(cfg)
-			if _, err := keyring.Create(cfg.Keyring, d.now(), rand.Reader, opts); err != nil {
+			if _, err := (keyring.File{Path: cfg.Keyring}).Create(d.now(), rand.Reader, opts); err != nil {
 				return err
 			}
 			d.log.Info("keyring created with one signing key", "keyring", cfg.Keyring)
@@ -274,7 +274,7 @@ func (d *Daemon) Reload() error {
 		status = "reloaded; changes to " + restart + " wait for a restart"
 	}
 	if cfg.Keyring != d.started.Keyring {
-		if _, err := keyring.Load(cfg.Keyring); err != nil {
+		if _, err := (keyring.File{Path: cfg.Keyring}).Load(); err != nil {
 			d.log.Warn("reload: the new keyring path cannot be used, so the next restart will fail", "keyring", cfg.Keyring, "err", err)
 		}
 	}
@@ -606,7 +606,7 @@ func Check(opts Options) (*Checked, error) {
 		return nil, err
 	}
 	ch := &Checked{Config: cfg}
-	ch.Keyring, err = keyring.Load(cfg.Keyring)
+	ch.Keyring, err = keyring.File{Path: cfg.Keyring}.Load()
 	if errors.Is(err, fs.ErrNotExist) && cfg.CreateKeyring {
 		opts := keyring.DefaultOptions()
 		opts.MaxLifetimeDays = maxLifetime(cfg)

@@ -97,7 +97,7 @@ func startTestDaemon(t *testing.T) *testDaemon {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	td := &testDaemon{t: t, dir: dir, keyring: filepath.Join(dir, "keyring.json"), sock: filepath.Join(dir, "m.sock"),
 		config: filepath.Join(dir, "batv.toml"), reload: make(chan struct{}), stop: make(chan struct{}, 2), done: make(chan error, 1)}
-	if _, err := keyring.Create(td.keyring, keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
+	if _, err := (keyring.File{Path: td.keyring}).Create(keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
 	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""))
@@ -231,7 +231,7 @@ func seriesValue(page, series string) float64 {
 // signer signs with whatever the keyring file says now.
 func (td *testDaemon) sign(addr string, daysAgo int) string {
 	td.t.Helper()
-	kr, err := keyring.Load(td.keyring)
+	kr, err := keyring.File{Path: td.keyring}.Load()
 	if err != nil {
 		td.t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	var keysMu sync.Mutex
 	allKeys := map[int][]byte{}
 	remember := func() {
-		kr, err := keyring.Load(td.keyring)
+		kr, err := keyring.File{Path: td.keyring}.Load()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -367,7 +367,7 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	time.Sleep(200 * time.Millisecond)
 	// (a) a new valid keyring: rotated, signing with the new key at once.
-	if _, _, err := keyring.Rotate(td.keyring, time.Now(), 0, rand.Reader); err != nil {
+	if _, _, err := (keyring.File{Path: td.keyring}).Rotate(time.Now(), 0, rand.Reader); err != nil {
 		t.Fatal(err)
 	}
 	remember()
@@ -427,7 +427,7 @@ func (m multiKeys) VerificationKey(_ time.Time, id int, _ string) (batv.Key, boo
 
 func TestKeyringFileChangeIsPickedUp(t *testing.T) {
 	td := startTestDaemon(t)
-	if _, _, err := keyring.Rotate(td.keyring, time.Now(), 0, rand.Reader); err != nil {
+	if _, _, err := (keyring.File{Path: td.keyring}).Rotate(time.Now(), 0, rand.Reader); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -568,7 +568,7 @@ func TestRunRefusesBadStart(t *testing.T) {
 		t.Fatalf("missing keyring: %v", err)
 	}
 	// A world-readable keyring is refused.
-	keyring.Create(kr, time.Now(), rand.Reader, keyring.DefaultOptions())
+	keyring.File{Path: kr}.Create(time.Now(), rand.Reader, keyring.DefaultOptions())
 	os.Chmod(kr, 0o644)
 	if err := Run(Options{ConfigPath: cfg, Stderr: io.Discard}); !errors.Is(err, keyring.ErrInsecureMode) {
 		t.Fatalf("world-readable keyring: %v", err)

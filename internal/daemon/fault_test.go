@@ -69,7 +69,7 @@ func startFaultDaemon(t *testing.T, clock *fakeClock, created time.Time, signExt
 	fd := &faultDaemon{t: t, dir: dir, config: filepath.Join(dir, "batv.toml"), kr: filepath.Join(dir, "keyring.json"),
 		sock: filepath.Join(dir, "milter.sock"), clock: clock,
 		reload: make(chan struct{}), stop: make(chan struct{}, 2), done: make(chan error, 1)}
-	if fd.keys, err = keyring.Create(fd.kr, created, rand.Reader, keyring.DefaultOptions()); err != nil {
+	if fd.keys, err = (keyring.File{Path: fd.kr}).Create(created, rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
 	fd.goodKeyring, _ = os.ReadFile(fd.kr)

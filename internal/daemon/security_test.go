@@ -88,13 +88,13 @@ func noKeyMaterial(t *testing.T, format string) {
 	}
 	now := time.Now()
 	created := now.Add(-30 * 24 * time.Hour)
-	if _, err := keyring.Create(kr, created, &readerOf{b: secrets[0]}, keyring.DefaultOptions()); err != nil {
+	if _, err := (keyring.File{Path: kr}).Create(created, &readerOf{b: secrets[0]}, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := keyring.Rotate(kr, now.Add(-24*time.Hour), 0, &readerOf{b: secrets[1]}); err != nil {
+	if _, _, err := (keyring.File{Path: kr}).Rotate(now.Add(-24*time.Hour), 0, &readerOf{b: secrets[1]}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := keyring.Import(kr, now.Add(-24*time.Hour), 7, secrets[2], keyring.ImportOptions{}); err != nil {
+	if _, err := (keyring.File{Path: kr}).Import(now.Add(-24*time.Hour), 7, secrets[2], keyring.ImportOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	good, _ := os.ReadFile(kr)
@@ -112,7 +112,7 @@ func noKeyMaterial(t *testing.T, format string) {
 			t.Fatalf("the scan misses %q", leak)
 		}
 	}
-	loaded, err := keyring.Load(kr)
+	loaded, err := keyring.File{Path: kr}.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,10 +237,10 @@ grace_until = 2000-01-01T00:00:00Z
 			if strings.Count(logBuf.String(), ok) > oks {
 				accepted++
 			}
-			if _, err := keyring.Load(kr); err != nil {
+			if _, err := (keyring.File{Path: kr}).Load(); err != nil {
 				keyringtest.AssertNone(t, "keyring.Load error", err.Error(), secrets)
 			}
-			res := keyring.Check(kr, now)
+			res := keyring.File{Path: kr}.Check(now)
 			keyringtest.AssertNone(t, "keyring.Check problems", strings.Join(res.Problems, "\n"), secrets)
 		}
 	}
@@ -355,7 +355,7 @@ domains = ["example.com"]
 	}
 	check(filepath.Dir(kr), 0o700, -1)
 	check(kr, 0o600, -1)
-	check(keyring.LockPath(kr), 0o600, -1)
+	check(keyring.File{Path: kr}.LockPath(), 0o600, -1)
 	check(sock, 0o660, gid)
 	check(mapSock, 0o600, gid)
 	if fi, _ := os.Lstat(sock); fi.Mode()&os.ModeSocket == 0 {
@@ -363,7 +363,7 @@ domains = ["example.com"]
 	}
 
 	// A rotation, as "batv keys rotate" does it, keeps the file private.
-	if _, _, err := keyring.Rotate(kr, time.Now(), 0, &readerOf{b: make([]byte, 32)}); err != nil {
+	if _, _, err := (keyring.File{Path: kr}).Rotate(time.Now(), 0, &readerOf{b: make([]byte, 32)}); err != nil {
 		t.Fatal(err)
 	}
 	check(kr, 0o600, -1)

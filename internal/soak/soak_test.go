@@ -170,10 +170,10 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("building batv: %v", err)
 	}
 	kr := filepath.Join(dir, "keyring.json")
-	if _, err := keyring.Create(kr, time.Now().Add(-30*24*time.Hour), rand.Reader, keyring.DefaultOptions()); err != nil {
+	if _, err := (keyring.File{Path: kr}).Create(time.Now().Add(-30*24*time.Hour), rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
-	keys, err := keyring.Load(kr)
+	keys, err := keyring.File{Path: kr}.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
