@@ -7,8 +7,9 @@ BIN       := bin/batv
 FUZZTIME  ?= 30s
 FUZZMINTIME ?= 10s
 STATICCHECK_VERSION := v0.8.2
+NFPM_VERSION := v2.48.0
 
-.PHONY: all build test check fuzz bench clean man fuzz-short soak soak-short
+.PHONY: all build test check fuzz bench clean man deb fuzz-short soak soak-short
 
 all: build
 
@@ -70,6 +71,33 @@ bench: build
 # docs/batv.toml. View them with man -l man/batv.8.
 man:
 	$(GO) run -ldflags '$(LDFLAGS)' ./cmd/batv generate-man --reference docs/batv.toml man
+
+# The Debian package, bin/batv_VERSION_ARCH.deb, built with goreleaser's nfpm
+# (dist/nfpm.yaml) through the Go module proxy; dist/check-deb.sh installs
+# and checks it (CI does). The binary is static (CGO_ENABLED=0), so the
+# package declares no libc dependency. The configuration it ships is
+# docs/batv.toml with no domain: batv signs nothing until one is set.
+# DEB_VERSION is the tag without its "v" (v1.2.0-3-gabc: 1.2.0+3.gabc), or
+# 0~gitDATE.COMMIT before the first tag. GOARCH=arm64 make deb cross-builds.
+DEB_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$$v" | sed 's/^v//; s/-\([0-9]*\)-g/+\1.g/' || git log -1 --date=format:%Y%m%d --format='0~git%cd.%h' 2>/dev/null || echo 0~dev)
+DEB_ARCH  ?= $(shell $(GO) env GOARCH)
+DEB_MAINTAINER ?= $(shell git log -1 --format='%an <%ae>' 2>/dev/null || echo 'batv <root@localhost>')
+DEB       ?= bin/batv_$(DEB_VERSION)_$(DEB_ARCH).deb
+# The date of the man pages and of the files in the package: the commit's.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+export SOURCE_DATE_EPOCH
+HOSTGO    := GOOS= GOARCH= $(GO)
+
+deb:
+	rm -rf bin/deb && mkdir -p bin/deb
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS) -s -w' -o bin/deb/batv ./cmd/batv
+	$(HOSTGO) run -ldflags '$(LDFLAGS)' ./cmd/batv generate-man --reference docs/batv.toml bin/deb
+	gzip -9n bin/deb/batv.8 bin/deb/batv.toml.5
+	for sh in bash zsh fish; do $(HOSTGO) run ./cmd/batv completion $$sh > bin/deb/completion.$$sh || exit 1; done
+	sed 's|^domains = \["example.com"\]$$|domains = []  # set your domains: see /usr/share/doc/batv/README.Debian|' docs/batv.toml > bin/deb/batv.toml
+	@test "$$(diff docs/batv.toml bin/deb/batv.toml | grep -c '^>')" = 1 || { echo "deb: docs/batv.toml must have one line domains = [\"example.com\"] to empty"; exit 1; }
+	DEB_VERSION='$(DEB_VERSION)' DEB_ARCH='$(DEB_ARCH)' DEB_MAINTAINER='$(DEB_MAINTAINER)' \
+		$(HOSTGO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION) package --config dist/nfpm.yaml --packager deb --target $(DEB)
 
 clean:
 	rm -rf bin man

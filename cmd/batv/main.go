@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 
@@ -21,8 +22,49 @@ const (
 	// Statuses 3 to 7 are verify outcomes other than valid; see verifyExitCodes.
 )
 
-// version is stamped by the Makefile with -ldflags "-X main.version=...".
-var version = "dev"
+// version is stamped by the Makefile with -ldflags "-X main.version=...";
+// without it, appVersion takes the version Go recorded in the binary.
+var version string
+
+// appVersion is the stamped version, else the one in the binary's build
+// information.
+func appVersion() string {
+	info, _ := debug.ReadBuildInfo()
+	return buildVersion(version, info)
+}
+
+// buildVersion returns stamped if set; else the main module's version
+// ("go install ...@v1.2.0", or the pseudo-version Go 1.24 and later give
+// a build in a git checkout); else the commit it was built from, with
+// "-dirty" for uncommitted changes; else "dev".
+func buildVersion(stamped string, info *debug.BuildInfo) string {
+	if stamped != "" {
+		return stamped
+	}
+	if info == nil {
+		return "dev"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var revision, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			revision = s.Value
+		case "vcs.modified":
+			modified = s.Value
+		}
+	}
+	if revision == "" {
+		return "dev"
+	}
+	revision = revision[:min(len(revision), 12)]
+	if modified == "true" {
+		revision += "-dirty"
+	}
+	return revision
+}
 
 func main() {
 	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
@@ -36,6 +78,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 // runApp is run with an application already built.
 func runApp(app *cli.App, args []string, stderr io.Writer) int {
+	if completingFlagValue(app, args) {
+		return exitOK
+	}
 	err := app.Run(args)
 	if err == nil {
 		return exitOK
@@ -59,7 +104,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
 		Name:                 "batv",
 		Usage:                "Bounce Address Tag Validation (prvs) for mail servers",
-		Version:              version,
+		Version:              appVersion(),
 		Reader:               stdin,
 		Writer:               stdout,
 		ErrWriter:            stderr,

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -43,9 +47,10 @@ func TestManPageHasEveryCommandAndFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(page, ".nh\n.TH BATV 8 ") {
-		t.Errorf("the page does not begin with its title: %.40q", page)
+	if !regexp.MustCompile(`^\.\\" .*\n\.TH BATV 8 "\d{4}-\d\d-\d\d" "batv [^"]+" `).MatchString(page) {
+		t.Errorf("the page does not begin with its title and date: %.120q", page)
 	}
+	synopsis, _, _ := strings.Cut(page, "\n.SH DESCRIPTION\n")
 	text := unroff(page)
 	app := newApp(strings.NewReader(""), &bytes.Buffer{}, &bytes.Buffer{})
 	cmds := visibleCommands(app.Commands, "batv")
@@ -53,8 +58,11 @@ func TestManPageHasEveryCommandAndFlag(t *testing.T) {
 		t.Fatalf("found only %d commands", len(cmds))
 	}
 	for name, c := range cmds {
-		if !strings.Contains(page, `.SS "`+name+`"`) {
+		if !strings.Contains(page, ".SS "+roffQuote(name)) {
 			t.Errorf("batv(8) has no section for %q", name)
+		}
+		if !strings.Contains(synopsis, ".SY "+roffQuote(name)) {
+			t.Errorf("the SYNOPSIS of batv(8) lacks %q", name)
 		}
 		if c.Usage != "" && !strings.Contains(text, c.Usage) {
 			t.Errorf("batv(8) lacks the usage line of %q: %q", name, c.Usage)
@@ -71,6 +79,13 @@ func TestManPageHasEveryCommandAndFlag(t *testing.T) {
 				if !strings.Contains(text, opt) {
 					t.Errorf("batv(8) does not mention %s of %q", opt, name)
 				}
+				// Each flag is the tag of an entry, its value named in italics.
+				if df, ok := f.(cli.DocGenerationFlag); ok && df.TakesValue() && n == f.Names()[0] {
+					value, _ := flagPlaceholder(df.GetUsage())
+					if !regexp.MustCompile(`\n\.TP\n\\fB\\-\\-` + regexp.QuoteMeta(roffEscape(n)) + `\\fR.* \\fI` + regexp.QuoteMeta(value)).MatchString(page) {
+						t.Errorf("batv(8) has no entry for %s %s of %q", opt, value, name)
+					}
+				}
 			}
 		}
 	}
@@ -79,7 +94,10 @@ func TestManPageHasEveryCommandAndFlag(t *testing.T) {
 			t.Errorf("batv(8) has no %s section", section)
 		}
 	}
-	if strings.Contains(text, "generate-man") {
+	if strings.Contains(page, `=""`) {
+		t.Error(`batv(8) shows a flag as --flag=""`)
+	}
+	if _, body, _ := strings.Cut(text, "\n"); strings.Contains(body, "generate-man") { // after the comment line
 		t.Error("batv(8) shows the hidden generate-man command")
 	}
 }
@@ -183,5 +201,159 @@ func TestCompletionCommand(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"batv", "completion", "tcsh"}, strings.NewReader(""), &stdout, &stderr); code != exitUsage {
 		t.Errorf("an unknown shell: exit %d, want %d", code, exitUsage)
+	}
+}
+
+// batv(8) as groff renders it, the way man shows it: a synopsis of the
+// commands, the flags with their values, a date, and no warning.
+func TestManPageRendered(t *testing.T) {
+	groff, err := exec.LookPath("groff")
+	if err != nil {
+		if os.Getenv("BATV_E2E") != "" {
+			t.Fatal("groff is not installed (apt-get install groff-base)")
+		}
+		t.Skip("groff is not installed (apt-get install groff-base)")
+	}
+	t.Setenv("SOURCE_DATE_EPOCH", "1767225600")
+	page, err := manPage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(groff, "-man", "-Tascii", "-ww", "-rLL=200n")
+	cmd.Stdin = strings.NewReader(page)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("groff: %v\n%s", err, stderr.String())
+	}
+	// Remove the overstriking that makes bold and underlined text.
+	text := regexp.MustCompile(`.\x08`).ReplaceAllString(string(out), "")
+	for _, want := range []string{
+		"SYNOPSIS\n       batv [--help] [--version]\n",
+		"\n       batv sign [--keyring PATH | --secret-file FILE --key-id K] [--at DATE] [--lifetime N] [--sub-address C] ADDRESS\n",
+		"\n       batv keys rotate [--delay DURATION | --now]\n",
+		"\n       --at DATE\n              act as on DATE (UTC,",
+		"\n       --config, -c FILE\n",
+		"2026-01-01",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the rendered page lacks %q", want)
+		}
+	}
+	if strings.Contains(text, `=""`) {
+		t.Error(`the rendered page shows a flag as --flag=""`)
+	}
+	if t.Failed() {
+		t.Logf("rendered:\n%s", text)
+	}
+}
+
+func TestManDate(t *testing.T) {
+	commit := &debug.BuildInfo{Settings: []debug.BuildSetting{{Key: "vcs.time", Value: "2025-03-04T23:30:00Z"}}}
+	now := time.Date(2027, 5, 6, 7, 8, 9, 0, time.UTC)
+	for _, tt := range []struct {
+		epoch string
+		info  *debug.BuildInfo
+		want  string
+	}{
+		{"1767225600", commit, "2026-01-01"},
+		{"", commit, "2025-03-04"},
+		{"not a number", commit, "2025-03-04"},
+		{"", &debug.BuildInfo{}, "2027-05-06"},
+		{"", nil, "2027-05-06"},
+	} {
+		if got := manDate(tt.epoch, tt.info, now); got != tt.want {
+			t.Errorf("manDate(%q, %v): %s, want %s", tt.epoch, tt.info, got, tt.want)
+		}
+	}
+}
+
+func TestBuildVersion(t *testing.T) {
+	vcs := func(modified string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs.revision", Value: "3ca84a74d55249e3bab7a8b2ae0fa9ebc2142d57"}, {Key: "vcs.modified", Value: modified}}
+	}
+	for _, tt := range []struct {
+		stamped string
+		info    *debug.BuildInfo
+		want    string
+	}{
+		{"v1.2.0-3-gabcdef", &debug.BuildInfo{Main: debug.Module{Version: "v1.1.0"}}, "v1.2.0-3-gabcdef"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "v1.1.0"}}, "v1.1.0"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261202191529-3ca84a74d552+dirty"}}, "v0.0.0-20261202191529-3ca84a74d552+dirty"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs("false")}, "3ca84a74d552"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs("true")}, "3ca84a74d552-dirty"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "dev"},
+		{"", nil, "dev"},
+	} {
+		if got := buildVersion(tt.stamped, tt.info); got != tt.want {
+			t.Errorf("buildVersion(%q, %+v): %s, want %s", tt.stamped, tt.info, got, tt.want)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"batv", "--version"}, strings.NewReader(""), &stdout, &stderr); code != 0 || stdout.String() != "batv version "+appVersion()+"\n" {
+		t.Errorf("batv --version: exit %d, %q", code, stdout.String())
+	}
+}
+
+// After a flag that takes a value, the completion offers no flag names:
+// the shell scripts then complete file names. Elsewhere it offers what
+// urfave/cli does: flags after "-", else the subcommands.
+func TestCompletionOfFlagValues(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string // a line of the answer, or "" for none
+	}{
+		{[]string{"milter", "-c"}, ""},
+		{[]string{"milter", "--config"}, ""},
+		{[]string{"check-config", "--keyring"}, ""},
+		{[]string{"keys", "--keyring", "/tmp/k", "rotate", "--delay"}, ""},
+		{[]string{"keys", "rotate", "--delay"}, ""},
+		{[]string{"milter", "-"}, "--config"},
+		{[]string{"milter", "-c", "/etc/batv/batv.toml", "-"}, "--domain"},
+		{[]string{"keys"}, "rotate"},
+		{[]string{"keys", "--keyring", "/tmp/k"}, "rotate"},
+	} {
+		args := append(append([]string{"batv"}, tt.args...), "--generate-bash-completion")
+		// urfave/cli looks at os.Args for the word before the cursor.
+		saved := os.Args
+		os.Args = args
+		var stdout, stderr bytes.Buffer
+		code := run(args, strings.NewReader(""), &stdout, &stderr)
+		os.Args = saved
+		lines := strings.Fields(stdout.String())
+		switch {
+		case code != 0:
+			t.Errorf("%q: exit %d: %s", tt.args, code, stderr.String())
+		case tt.want == "" && len(lines) > 0:
+			t.Errorf("%q: offers %q, want nothing (file names)", tt.args, lines)
+		case tt.want != "" && !slices.Contains(lines, tt.want):
+			t.Errorf("%q: offers %q, want %q among them", tt.args, lines, tt.want)
+		}
+	}
+}
+
+// The fish script completes file names for the flags that take a file,
+// and names each value without the backquotes of the help.
+func TestFishCompletionFileFlags(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"batv", "completion", "fish"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	script := stdout.String()
+	for _, want := range []string{
+		"-n '__fish_seen_subcommand_from milter' -l config -s c -r -d",
+		"-n '__fish_seen_subcommand_from sign' -l secret-file -r -d",
+		"-n '__fish_seen_subcommand_from milter' -l keyring -r -d",
+	} {
+		if !strings.Contains(script, "complete -c batv "+want) {
+			t.Errorf("the fish script lacks %q (with no -f, which would refuse file names)", want)
+		}
+	}
+	if !strings.Contains(script, "-n '__fish_seen_subcommand_from milter' -f -l domain -s d -r") {
+		t.Error("the fish script offers file names for --domain")
+	}
+	if strings.Contains(script, "`") {
+		t.Error("the fish script has backquotes")
 	}
 }

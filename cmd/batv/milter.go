@@ -80,7 +80,7 @@ func daemonOptions(c *cli.Context) daemon.Options {
 		ConfigPath: c.Path(flagConfig),
 		Domains:    c.StringSlice(flagDomain),
 		Stderr:     c.App.ErrWriter,
-		Version:    version,
+		Version:    c.App.Version,
 	}
 	switch {
 	case c.IsSet(flagKeyring):

@@ -190,11 +190,17 @@ func (d *Daemon) setLogger(cfg *Config) {
 	lvl, _ := parseLevel(cfg.Log.Level)
 	d.level.Set(lvl)
 	hopts := &slog.HandlerOptions{Level: &d.level}
-	var h slog.Handler = slog.NewTextHandler(d.opts.Stderr, hopts)
-	if cfg.Log.Format == "json" {
-		h = slog.NewJSONHandler(d.opts.Stderr, hopts)
+	newHandler := func(w io.Writer) slog.Handler {
+		if cfg.Log.Format == "json" {
+			return slog.NewJSONHandler(w, hopts)
+		}
+		return slog.NewTextHandler(w, hopts)
 	}
-	d.log = slog.New(h)
+	if journalStream(d.opts.Stderr) {
+		d.log = slog.New(newPriorityHandler(d.opts.Stderr, newHandler))
+		return
+	}
+	d.log = slog.New(newHandler(d.opts.Stderr))
 }
 
 func parseLevel(s string) (slog.Level, error) {

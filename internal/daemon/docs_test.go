@@ -30,6 +30,7 @@ import (
 const (
 	referencePath = "../../docs/batv.toml"
 	dashboardPath = "../../docs/grafana-dashboard.json"
+	alertsPath    = "../../docs/prometheus-alerts.yml"
 )
 
 // The reference parses as a configuration, with every problem reported.
@@ -312,6 +313,43 @@ func TestDashboardMetricsExist(t *testing.T) {
 		}
 		if !used[n] {
 			t.Errorf("%s: batv exports %s, but no panel shows it", dashboardPath, n)
+		}
+	}
+}
+
+// Every metric the alert rules use is one a running daemon exports (or
+// Prometheus's own up).
+func TestAlertRulesMetricsExist(t *testing.T) {
+	exported := runningDaemonMetrics(t)
+	exported["up"] = true
+	var exprs []string
+	lines := strings.Split(string(readFile(t, alertsPath)), "\n")
+	for i := 0; i < len(lines); i++ {
+		indent, expr, ok := strings.Cut(lines[i], "expr: ")
+		if !ok || strings.TrimSpace(indent) != "" {
+			continue
+		}
+		if expr == "|" { // a block: the lines indented further
+			expr = ""
+			for i+1 < len(lines) && len(lines[i+1])-len(strings.TrimLeft(lines[i+1], " ")) > len(indent) {
+				i++
+				expr += lines[i] + "\n"
+			}
+		}
+		exprs = append(exprs, expr)
+	}
+	if len(exprs) < 10 {
+		t.Fatalf("found only %d expressions in %s", len(exprs), alertsPath)
+	}
+	for _, expr := range exprs {
+		names := promQLMetricNames(expr)
+		if len(names) == 0 {
+			t.Errorf("%s: no metric name found in %q", alertsPath, expr)
+		}
+		for _, n := range names {
+			if !exported[n] {
+				t.Errorf("%s: %q uses %s, which batv does not export", alertsPath, expr, n)
+			}
 		}
 	}
 }
