@@ -144,7 +144,7 @@ mode /var/spool/postfix/batv batv:postfix 750
 mode /var/lib/batv batv:batv 700
 
 echo "== the daemon as the unit runs it: user batv, the unit's system call filter"
-go build -o "$work/unitfilter" ./dist/unitfilter
+go build -o "$work/unitfilter" ./internal/unitfilter
 chmod 0755 "$work"
 log=$work/daemon.log
 # As the unit runs it: user and group batv, and batv's other groups
