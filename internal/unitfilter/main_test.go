@@ -130,7 +130,7 @@ func TestParseSets(t *testing.T) {
 func TestBatvUnderUnitFilter(t *testing.T) {
 	systemdAnalyze(t)
 	bin := batvBinary(t)
-	unit, err := os.ReadFile(filepath.Join("..", "batv.service"))
+	unit, err := os.ReadFile(filepath.Join("..", "..", "dist", "batv.service"))
 	if err != nil {
 		t.Fatal(err)
 	}
