@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/batv/batv/milter/internal/postfixtest"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
 // TestPostfixChrooted: with the MX smtpd and the cleanup of Postfix's own

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/batv/batv/milter/internal/postfixtest"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
 var batvBin string

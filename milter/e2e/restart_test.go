@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/batv/batv/milter/internal/postfixtest"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
 // TestPostfixRestartWhileBatvRuns: Postfix stops and starts again while

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/batv/batv/milter/internal/postfixtest"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/milter/internal/sendmailtest"
 )
 

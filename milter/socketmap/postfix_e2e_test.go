@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/batv/batv/milter/internal/postfixtest"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
 // TestPostfixCanonicalKeyCase runs a private Postfix instance with

@@ -13,13 +13,13 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/keyring"
-	"github.com/batv/batv/milter/internal/postfixtest"
 	"github.com/batv/batv/milter/mtaclient/load"
 )
 
 // TestPostfixThroughput measures what the batv milter costs a real
-// Postfix: the same private instance (milter/internal/postfixtest) with
+// Postfix: the same private instance (internal/testenv/postfixtest) with
 // and without smtpd_milters, the same smtp-source load, the time until
 // every message has been accepted and until every message has reached the
 // sink. It is a benchmark, not a test: it runs only with

@@ -55,7 +55,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/batv/batv/milter/internal/postfixtest"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
 // EnvRoot names the directory holding unpacked sendmail-bin and
