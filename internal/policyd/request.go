@@ -163,7 +163,7 @@ func knownIndex(name []byte) (known, bool) {
 // all three cases.
 type Request struct {
 	attrs          []attr
-	known          [numKnown]int16 // index+1 into attrs, 0 if absent
+	known          [numKnown]int32 // index+1 into attrs, 0 if absent
 	recipientCount int
 	size           int64
 }
@@ -367,7 +367,7 @@ func (r *reader) build() (*Request, error) {
 		a := attr{name: s[sp.start:sp.eq], value: s[sp.eq+1 : sp.end]}
 		req.attrs[i] = a
 		if k, ok := knownIndex(r.buf[sp.start:sp.eq]); ok {
-			req.known[k] = int16(i + 1)
+			req.known[k] = int32(i + 1)
 		}
 	}
 	if req.known[kRequest] == 0 {
