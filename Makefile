@@ -9,7 +9,7 @@ FUZZMINTIME ?= 10s
 STATICCHECK_VERSION := v0.8.2
 NFPM_VERSION := v2.48.0
 
-.PHONY: all build test check fuzz bench clean man deb fuzz-short soak soak-short
+.PHONY: all build test check fuzz bench bench-storm clean man deb fuzz-short soak soak-short
 
 all: build
 
@@ -66,6 +66,18 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem $$(grep -rl --include='*_test.go' '^func Benchmark' . | xargs -n1 dirname | sort -u)
 	$(GO) build -o bin/refmilter ./internal/refmilter
 	$(GO) run ./internal/benchrun -batv $(BIN) -ref bin/refmilter $(BENCHFLAGS)
+
+# The storm benchmark of issue 15 (internal/stormbench): one private Postfix
+# under a flood of bounces, untagged and to forged tags, one per SMTP
+# session, mixed with legitimate mail, once per scenario: Postfix alone, the
+# blanket check_sender_access <> REJECT, batv's milter, the policy front end.
+# Prints a markdown table per concurrency level, each figure also as a ratio
+# to the blanket rule in the same run. Needs root and Postfix. STORMFLAGS go
+# to the benchmark, e.g. STORMFLAGS='-runs 5 -sessions 5000 -concurrency
+# 20,100 -legit 10 -out storm.md'; -legit 100 measures legitimate mail alone.
+STORMFLAGS ?=
+bench-storm:
+	BATV_STORM=1 $(GO) test -count=1 -timeout 0 -run '^TestStorm$$' -v ./internal/stormbench/ -args $(STORMFLAGS)
 
 # The man pages: man/batv.8 from the command line, man/batv.toml.5 from
 # docs/batv.toml. View them with man -l man/batv.8.

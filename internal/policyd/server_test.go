@@ -1,0 +1,317 @@
+package policyd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// client is the Postfix end of a policy connection in tests.
+type client struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func newClient(t *testing.T, c net.Conn) *client {
+	return &client{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+// send writes raw bytes.
+func (c *client) send(s string) {
+	c.t.Helper()
+	_ = c.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c.c, s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// reply reads one reply and returns its action, or the read error.
+func (c *client) reply() (string, error) {
+	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := c.br.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	end, err := c.br.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	action, ok := strings.CutPrefix(line, "action=")
+	if !ok || end != "\n" {
+		return "", fmt.Errorf("malformed reply %q %q", line, end)
+	}
+	return strings.TrimSuffix(action, "\n"), nil
+}
+
+// ask sends a request made of attrs (plus request=smtpd_access_policy)
+// and returns the action of the reply.
+func (c *client) ask(attrs ...string) string {
+	c.t.Helper()
+	c.send(request(attrs...))
+	a, err := c.reply()
+	if err != nil {
+		c.t.Fatalf("no reply: %v", err)
+	}
+	return a
+}
+
+// closed checks that the server closed the connection without a reply.
+func (c *client) closed() {
+	c.t.Helper()
+	if a, err := c.reply(); !errors.Is(err, io.EOF) {
+		c.t.Fatalf("got reply %q, %v; want the connection closed", a, err)
+	}
+}
+
+func request(attrs ...string) string {
+	return "request=smtpd_access_policy\n" + strings.Join(attrs, "\n") + "\n\n"
+}
+
+// senderHandler refuses the null sender and answers DUNNO otherwise.
+var senderHandler = HandlerFunc(func(_ context.Context, req *Request) Reply {
+	if req.Sender() == "" {
+		return Reject("5.7.1 bounce refused")
+	}
+	return Dunno()
+})
+
+func TestServeRoundTrips(t *testing.T) {
+	var lb logBuf
+	var (
+		mu    sync.Mutex
+		hooks []string
+	)
+	s := &Server{Handler: senderHandler, Logger: lb.logger(), OnRequest: func(req *Request, r Reply, d time.Duration) {
+		mu.Lock()
+		hooks = append(hooks, req.Sender()+" "+r.Action)
+		mu.Unlock()
+	}}
+	conn, done := serve(t, s, context.Background())
+	c := newClient(t, conn)
+	for _, want := range []struct{ sender, action string }{
+		{"", "REJECT 5.7.1 bounce refused"},
+		{"alice@example.com", "DUNNO"},
+		{"", "REJECT 5.7.1 bounce refused"},
+	} {
+		if got := c.ask("sender=" + want.sender); got != want.action {
+			t.Fatalf("sender <%s>: %q, want %q", want.sender, got, want.action)
+		}
+	}
+	// Postfix's request, in one write or byte by byte.
+	c.send(postfixRequest(t))
+	if a, err := c.reply(); err != nil || a != "DUNNO" {
+		t.Fatalf("%q, %v", a, err)
+	}
+	for _, b := range []byte(request("sender=")) {
+		c.send(string(b))
+	}
+	if a, err := c.reply(); err != nil || a != "REJECT 5.7.1 bounce refused" {
+		t.Fatalf("%q, %v", a, err)
+	}
+	conn.Close()
+	<-done
+	lb.waitFor(t, "connection closed by client")
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(hooks, ","); got != " REJECT 5.7.1 bounce refused,alice@example.com DUNNO, REJECT 5.7.1 bounce refused,someone@remote.test DUNNO, REJECT 5.7.1 bounce refused" {
+		t.Errorf("OnRequest calls: %s", got)
+	}
+}
+
+// TestServeTxState: the state lives as long as the instance on one
+// connection.
+func TestServeTxState(t *testing.T) {
+	type counter struct{ n int }
+	h := HandlerFunc(func(ctx context.Context, req *Request) Reply {
+		st := TxState[counter](ctx)
+		st.n++
+		return Reject(fmt.Sprintf("%s %d", ConnFromContext(ctx).Instance(), st.n))
+	})
+	s := &Server{Handler: h}
+	c1conn, _ := serve(t, s, context.Background())
+	c2conn, _ := serve(t, s, context.Background())
+	c1, c2 := newClient(t, c1conn), newClient(t, c2conn)
+	for i, step := range []struct {
+		c        *client
+		instance string
+		want     string
+	}{
+		{c1, "", "REJECT  1"}, // CONNECT: no transaction
+		{c1, "", "REJECT  1"}, // EHLO: still none, nothing kept
+		{c1, "a.1", "REJECT a.1 1"},
+		{c1, "a.1", "REJECT a.1 2"},
+		{c2, "a.1", "REJECT a.1 1"}, // another connection, its own state
+		{c1, "a.1", "REJECT a.1 3"},
+		{c1, "", "REJECT  1"}, // the transaction ended
+		{c1, "a.1", "REJECT a.1 1"},
+		{c1, "b.2", "REJECT b.2 1"}, // the next transaction
+		{c1, "b.2", "REJECT b.2 2"},
+	} {
+		if got := step.c.ask("instance=" + step.instance); got != step.want {
+			t.Fatalf("step %d: %q, want %q", i, got, step.want)
+		}
+	}
+	// Outside a server, no state is kept.
+	ctx := context.Background()
+	TxState[counter](ctx).n = 5
+	if n := TxState[counter](ctx).n; n != 0 || ConnFromContext(ctx) != nil {
+		t.Errorf("without a server: n=%d", n)
+	}
+}
+
+func TestServeMalformed(t *testing.T) {
+	for _, c := range []struct{ name, input, log string }{
+		{"no '='", "request=smtpd_access_policy\nsender\n\n", "line without '='"},
+		{"duplicate", "request=smtpd_access_policy\nsender=a\nsender=b\n\n", "duplicate attribute"},
+		{"NUL", "request=smtpd_access_policy\nsender=a\x00\n\n", "NUL byte"},
+		{"not UTF-8", "request=smtpd_access_policy\nsender=\xff\n\n", "not valid UTF-8"},
+		{"no request attribute", "sender=a\n\n", "no request attribute"},
+		{"too long", "request=" + strings.Repeat("x", 200) + "\n\n", "line too long"},
+		{"truncated", "request=smtpd_access_policy\nsen", "connection closed in the middle of a request"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var lb logBuf
+			s := &Server{Handler: senderHandler, Logger: lb.logger(), MaxLineLen: 100}
+			conn, done := serve(t, s, context.Background())
+			cl := newClient(t, conn)
+			if got := cl.ask("sender=x@example.com"); got != "DUNNO" {
+				t.Fatalf("valid request before: %q", got)
+			}
+			cl.send(c.input)
+			if c.name == "truncated" {
+				conn.(*net.UnixConn).CloseWrite()
+			}
+			cl.closed()
+			<-done
+			lb.waitFor(t, "level=WARN", "refusing a malformed request", c.log)
+		})
+	}
+}
+
+func TestServeBadHandler(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		h    HandlerFunc
+		log  []string
+	}{
+		{"newline in reply", func(context.Context, *Request) Reply { return Reject("a\nb") },
+			[]string{"level=ERROR", "invalid reply", "control character"}},
+		{"empty reply", func(context.Context, *Request) Reply { return Reply{} },
+			[]string{"level=ERROR", "invalid reply", "empty action"}},
+		{"panic", func(context.Context, *Request) Reply { panic("boom") },
+			[]string{"level=ERROR", "handler panicked", "panic=boom"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var lb logBuf
+			conn, done := serve(t, &Server{Handler: c.h, Logger: lb.logger()}, context.Background())
+			cl := newClient(t, conn)
+			cl.send(request("sender="))
+			cl.closed()
+			<-done
+			lb.waitFor(t, c.log...)
+		})
+	}
+	t.Run("nil handler", func(t *testing.T) {
+		var lb logBuf
+		conn, done := serve(t, &Server{Logger: lb.logger()}, context.Background())
+		newClient(t, conn).closed()
+		<-done
+		lb.waitFor(t, "level=ERROR", "Handler is nil")
+	})
+}
+
+func TestServeIdleTimeout(t *testing.T) {
+	for _, c := range []struct{ name, input, log string }{
+		{"between requests", "", "reason=\"idle timeout\""},
+		{"in a request", "request=smtpd_access_policy\n", "incomplete request at idle timeout"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var lb logBuf
+			s := &Server{Handler: senderHandler, Logger: lb.logger(), IdleTimeout: 100 * time.Millisecond}
+			conn, done := serve(t, s, context.Background())
+			cl := newClient(t, conn)
+			if got := cl.ask("sender="); got != "REJECT 5.7.1 bounce refused" {
+				t.Fatal(got)
+			}
+			start := time.Now()
+			cl.send(c.input)
+			cl.closed()
+			<-done
+			if d := time.Since(start); d < 90*time.Millisecond || d > 3*time.Second {
+				t.Errorf("closed after %v, want about 100ms", d)
+			}
+			lb.waitFor(t, c.log)
+		})
+	}
+}
+
+func TestServeWriteTimeout(t *testing.T) {
+	var lb logBuf
+	s := &Server{Handler: senderHandler, Logger: lb.logger(), WriteTimeout: 50 * time.Millisecond}
+	cc, sc := net.Pipe() // a write blocks until the other end reads
+	done := make(chan struct{})
+	go func() { defer close(done); s.ServeConn(context.Background(), sc) }()
+	defer cc.Close()
+	_ = cc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(cc, request("sender=")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeConn still blocked in its write")
+	}
+	lb.waitFor(t, "level=WARN", "writing reply failed")
+}
+
+func TestServeDrain(t *testing.T) {
+	t.Run("idle connection", func(t *testing.T) {
+		var lb logBuf
+		ctx, cancel := context.WithCancel(context.Background())
+		conn, done := serve(t, &Server{Handler: senderHandler, Logger: lb.logger()}, ctx)
+		cl := newClient(t, conn)
+		cl.ask("sender=")
+		cancel()
+		cl.closed()
+		<-done
+		lb.waitFor(t, "server draining")
+	})
+	t.Run("request in progress", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		entered, release := make(chan struct{}), make(chan struct{})
+		h := HandlerFunc(func(hctx context.Context, req *Request) Reply {
+			close(entered)
+			<-release
+			if hctx.Err() != nil {
+				return Reject("handler context canceled by the drain")
+			}
+			return Defer("4.7.1 done")
+		})
+		conn, done := serve(t, &Server{Handler: h}, ctx)
+		cl := newClient(t, conn)
+		cl.send(request("sender="))
+		<-entered
+		cancel()
+		close(release)
+		if a, err := cl.reply(); err != nil || a != "DEFER 4.7.1 done" {
+			t.Fatalf("reply %q, %v; want the request finished", a, err)
+		}
+		cl.closed()
+		<-done
+	})
+	t.Run("already canceled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		conn, done := serve(t, &Server{Handler: senderHandler}, ctx)
+		newClient(t, conn).closed()
+		<-done
+	})
+}
