@@ -9,7 +9,7 @@ FUZZMINTIME ?= 10s
 STATICCHECK_VERSION := v0.8.2
 NFPM_VERSION := v2.48.0
 
-.PHONY: all build test check fuzz bench bench-storm clean man deb fuzz-short soak soak-short
+.PHONY: all build test check fuzz bench bench-storm clean man docs deb fuzz-short soak soak-short
 
 all: build
 
@@ -79,10 +79,16 @@ STORMFLAGS ?=
 bench-storm:
 	BATV_STORM=1 $(GO) test -count=1 -timeout 0 -run '^TestStorm$$' -v ./internal/stormbench/ -args $(STORMFLAGS)
 
+# docs/batv.toml, the annotated configuration reference, is written from
+# the reference in internal/daemon/reference_data.go: edit that, then run
+# make docs (a test fails while the two differ).
+docs:
+	$(GO) run ./cmd/batv generate-reference docs/batv.toml
+
 # The man pages: man/batv.8 from the command line, man/batv.toml.5 from
 # docs/batv.toml. View them with man -l man/batv.8.
 man:
-	$(GO) run -ldflags '$(LDFLAGS)' ./cmd/batv generate-man --reference docs/batv.toml man
+	$(GO) run -ldflags '$(LDFLAGS)' ./cmd/batv generate-man man
 
 # The Debian package, bin/batv_VERSION_ARCH.deb, built with goreleaser's nfpm
 # (dist/nfpm.yaml) through the Go module proxy; dist/check-deb.sh installs
@@ -103,7 +109,7 @@ HOSTGO    := GOOS= GOARCH= $(GO)
 deb:
 	rm -rf bin/deb && mkdir -p bin/deb
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS) -s -w' -o bin/deb/batv ./cmd/batv
-	$(HOSTGO) run -ldflags '$(LDFLAGS)' ./cmd/batv generate-man --reference docs/batv.toml bin/deb
+	$(HOSTGO) run -ldflags '$(LDFLAGS)' ./cmd/batv generate-man bin/deb
 	gzip -9n bin/deb/batv.8 bin/deb/batv.toml.5
 	for sh in bash zsh fish; do $(HOSTGO) run ./cmd/batv completion $$sh > bin/deb/completion.$$sh || exit 1; done
 	sed 's|^domains = \["example.com"\]$$|domains = []  # set your domains: see /usr/share/doc/batv/README.Debian|' docs/batv.toml > bin/deb/batv.toml

@@ -119,7 +119,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			milterCommand(),
 			checkConfigCommand(),
 			explainCommand(),
-			generateManCommand(), completionCommand(),
+			generateManCommand(), generateReferenceCommand(), completionCommand(),
 			benchCommand(),
 		},
 		OnUsageError: onUsageError,

@@ -1,8 +1,8 @@
 package main
 
 // The man pages, batv(8) from the command line itself and batv.toml(5) from
-// the annotated configuration reference docs/batv.toml, and the shell
-// completion scripts.
+// the configuration reference of package daemon (docs/batv.toml is written
+// from the same), and the shell completion scripts.
 
 import (
 	"bufio"
@@ -13,45 +13,38 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/batv/batv/internal/daemon"
+
 	"github.com/urfave/cli/v2"
 )
-
-const flagReference = "reference"
 
 func generateManCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "generate-man",
 		Hidden: true,
 		Usage:  "write the man pages batv.8 and batv.toml.5 into a directory",
-		UsageText: "batv generate-man [--reference FILE] DIR\n\n" +
+		UsageText: "batv generate-man DIR\n\n" +
 			"Writes DIR/batv.8, generated from the commands and flags of this program, and\n" +
-			"DIR/batv.toml.5, generated from the annotated configuration reference FILE\n" +
-			"(docs/batv.toml in the source tree). \"make man\" runs it.",
-		Flags: []cli.Flag{
-			&cli.PathFlag{Name: flagReference, Value: filepath.Join("docs", "batv.toml"),
-				Usage: "the annotated configuration reference `FILE` that batv.toml(5) is made from"},
-		},
+			"DIR/batv.toml.5, generated from its configuration reference (as docs/batv.toml is).\n" +
+			"\"make man\" runs it.",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("generate-man takes one argument, the output directory")
 			}
 			dir := c.Args().First()
-			ref, err := os.ReadFile(c.Path(flagReference))
-			if err != nil {
-				return usageError("%v", err)
-			}
 			page8, err := manPage()
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("batv.8: %v", err), exitFailure)
 			}
-			page5, err := configManPage(ref)
+			page5, err := configManPage(daemon.Reference())
 			if err != nil {
-				return usageError("%s: %v", c.Path(flagReference), err)
+				return cli.Exit(fmt.Sprintf("batv.toml.5: %v", err), exitFailure)
 			}
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return cli.Exit(err.Error(), exitFailure)
@@ -62,6 +55,25 @@ func generateManCommand() *cli.Command {
 				}
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s and %s\n", filepath.Join(dir, "batv.8"), filepath.Join(dir, "batv.toml.5"))
+			return nil
+		},
+	}
+}
+
+// generateReferenceCommand writes docs/batv.toml.
+func generateReferenceCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "generate-reference",
+		Hidden:    true,
+		Usage:     "write the annotated configuration reference (docs/batv.toml)",
+		UsageText: "batv generate-reference FILE\n\n\"make docs\" runs it.",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageError("generate-reference takes one argument, the file to write")
+			}
+			if err := os.WriteFile(c.Args().First(), daemon.Reference(), 0o644); err != nil {
+				return cli.Exit(err.Error(), exitFailure)
+			}
 			return nil
 		},
 	}

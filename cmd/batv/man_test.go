@@ -166,8 +166,7 @@ func TestConfigManPageRefusesOtherFiles(t *testing.T) {
 func TestGenerateManCommand(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "man")
 	var stdout, stderr bytes.Buffer
-	ref := filepath.Join("..", "..", "docs", "batv.toml")
-	if code := run([]string{"batv", "generate-man", "--reference", ref, dir}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+	if code := run([]string{"batv", "generate-man", dir}, strings.NewReader(""), &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	for _, name := range []string{"batv.8", "batv.toml.5"} {
@@ -179,8 +178,8 @@ func TestGenerateManCommand(t *testing.T) {
 			t.Errorf("%s has no .TH line", name)
 		}
 	}
-	if code := run([]string{"batv", "generate-man", "--reference", filepath.Join(dir, "nonexistent"), dir}, strings.NewReader(""), &stdout, &stderr); code != exitUsage {
-		t.Errorf("a missing reference: exit %d, want %d", code, exitUsage)
+	if code := run([]string{"batv", "generate-man"}, strings.NewReader(""), &stdout, &stderr); code != exitUsage {
+		t.Errorf("no directory: exit %d, want %d", code, exitUsage)
 	}
 }
 

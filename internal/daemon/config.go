@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -82,24 +83,22 @@ type VerifyConfig struct {
 	RemoveForgedHeaders bool      `toml:"remove_forged_headers"`
 }
 
-// Policy is the policy configuration of the file.
+// Policy is the policy configuration of the file. The [sign] and [verify]
+// tables have the fields of policy.SignConfig and policy.VerifyConfig, by
+// name (a test checks it), with Duration for time.Duration.
 func (c *Config) Policy() policy.Config {
-	s, v := c.Sign, c.Verify
-	return policy.Config{
-		Sign: policy.SignConfig{
-			Domains: s.Domains, Lifetime: s.Lifetime, SubAddress: s.SubAddress,
-			InternalNetworks: s.InternalNetworks, SubmissionDaemons: s.SubmissionDaemons,
-			Authenticated: s.Authenticated, Local: s.Local, ExemptSenders: s.ExemptSenders,
-			ExemptRecipients: s.ExemptRecipients, OnError: s.OnError,
-		},
-		Verify: policy.VerifyConfig{
-			Domains: v.Domains, MaxLifetime: v.MaxLifetime, Strict: v.Strict,
-			ClockSkew: time.Duration(v.ClockSkew), Delimiter: v.Delimiter,
-			UntaggedBounce: v.UntaggedBounce, RefuseUntaggedAt: v.RefuseUntaggedAt, InvalidTagReply: v.InvalidTagReply,
-			ExemptRecipients: v.ExemptRecipients, ExemptClients: v.ExemptClients,
-			GraceUntil: v.GraceUntil, QueueLifetime: time.Duration(v.QueueLifetime),
-			StatusHeader: v.StatusHeader, RemoveForgedHeaders: v.RemoveForgedHeaders,
-		},
+	var p policy.Config
+	copyFields(reflect.ValueOf(&p.Sign).Elem(), reflect.ValueOf(c.Sign))
+	copyFields(reflect.ValueOf(&p.Verify).Elem(), reflect.ValueOf(c.Verify))
+	return p
+}
+
+// copyFields sets each field of dst to the field of src of the same name,
+// converted to its type.
+func copyFields(dst, src reflect.Value) {
+	for i := range dst.NumField() {
+		name := dst.Type().Field(i).Name
+		dst.Field(i).Set(src.FieldByName(name).Convert(dst.Field(i).Type()))
 	}
 }
 
@@ -190,9 +189,7 @@ const (
 // keyring in its default place (created on first start), the policy
 // defaults, and the given domains signed and verified.
 func DefaultConfig(domains ...string) Config {
-	p := policy.DefaultConfig(domains...)
-	s, v := p.Sign, p.Verify
-	return Config{
+	c := Config{
 		Keyring:       keyring.DefaultPath,
 		CreateKeyring: true,
 		KeyringPoll:   Duration(DefaultKeyringPoll),
@@ -205,16 +202,11 @@ func DefaultConfig(domains ...string) Config {
 		Listeners: []Listener{{Name: "milter", Address: DefaultMilterAddress, Roles: []string{"outbound", "inbound"},
 			Socket: Socket{Mode: "0660"}}},
 		Socketmap: &SocketmapConf{Address: DefaultSocketmapAddress, Socket: Socket{Mode: "0660"}},
-		Sign: SignConfig{
-			Domains: s.Domains, Lifetime: s.Lifetime, InternalNetworks: s.InternalNetworks,
-			Authenticated: s.Authenticated, Local: s.Local, OnError: s.OnError,
-		},
-		Verify: VerifyConfig{
-			UntaggedBounce: v.UntaggedBounce, RefuseUntaggedAt: v.RefuseUntaggedAt, InvalidTagReply: v.InvalidTagReply,
-			StatusHeader: v.StatusHeader, RemoveForgedHeaders: v.RemoveForgedHeaders,
-			QueueLifetime: Duration(v.QueueLifetime), Delimiter: v.Delimiter,
-		},
 	}
+	p := policy.DefaultConfig(domains...)
+	copyFields(reflect.ValueOf(&c.Sign).Elem(), reflect.ValueOf(p.Sign))
+	copyFields(reflect.ValueOf(&c.Verify).Elem(), reflect.ValueOf(p.Verify))
+	return c
 }
 
 // LoadConfig reads a configuration file over the defaults. Every problem

@@ -2,9 +2,12 @@ package daemon
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/policy"
 )
 
 // A valid file, changed one mistake at a time: each mistake gives its own
@@ -138,5 +141,34 @@ func TestUnknownKeyInEachListener(t *testing.T) {
 			!strings.Contains(err.Error(), `batv.toml:5: unknown key "listener.bogus"`) {
 			t.Fatalf("%v", err)
 		}
+	}
+}
+
+// TestPolicyFields: [sign] and [verify] have every field of the policy's
+// configuration, by name, and no other; what the file sets reaches the
+// policy.
+func TestPolicyFields(t *testing.T) {
+	for _, pair := range [][2]reflect.Type{
+		{reflect.TypeFor[policy.SignConfig](), reflect.TypeFor[SignConfig]()},
+		{reflect.TypeFor[policy.VerifyConfig](), reflect.TypeFor[VerifyConfig]()},
+	} {
+		p, f := pair[0], pair[1]
+		if p.NumField() != f.NumField() {
+			t.Errorf("%v has %d fields, %v %d", p, p.NumField(), f, f.NumField())
+		}
+		for i := range p.NumField() {
+			ff, ok := f.FieldByName(p.Field(i).Name)
+			if !ok || !ff.Type.ConvertibleTo(p.Field(i).Type) {
+				t.Errorf("%v.%s has no counterpart in %v", p, p.Field(i).Name, f)
+			}
+		}
+	}
+	cfg := DefaultConfig("example.com")
+	cfg.Verify.ClockSkew = Duration(time.Minute)
+	cfg.Sign.ExemptSenders = []string{"noreply@example.com"}
+	p := cfg.Policy()
+	if p.Verify.ClockSkew != time.Minute || len(p.Sign.ExemptSenders) != 1 || p.Sign.Domains[0] != "example.com" ||
+		p.Verify.UntaggedBounce != "reject" {
+		t.Fatalf("policy configuration %+v", p)
 	}
 }
