@@ -234,6 +234,23 @@ func TestCalloutDialogues(t *testing.T) {
 		}
 	})
 
+	t.Run("callouts to tags that do not verify fail at RCPT", func(t *testing.T) {
+		valid := s.sign(user, 1)
+		for _, tt := range []struct{ rcpt, reply string }{
+			{valid[:9] + flip(valid[9:15]) + valid[15:], "550 5.7.1 Bounce refused: the recipient address tag is not valid (BATV)"},
+			{s.sign(user, 9), "550 5.7.1 Bounce refused: the recipient address tag is expired (BATV)"},
+			// strip answers only for a well-formed tag whose key is in the
+			// keyring: Postfix's recipient validation refuses the others.
+			{"prvs=5" + valid[6:], "550 5.1.1 <prvs=5" + valid[6:] + ">: Recipient address rejected: User unknown in relay recipient table"},
+			{"prvs=0795zzzzzz=" + user, "550 5.1.1 <prvs=0795zzzzzz=" + user + ">: Recipient address rejected: User unknown in relay recipient table"},
+		} {
+			out, _ := swaks(t, pf.MXAddr(), "--from", "<>", "--to", tt.rcpt, "--quit-after", "RCPT")
+			if r := swaksReply(out, "RCPT TO:<"+tt.rcpt+">"); r != tt.reply {
+				t.Errorf("RCPT %s: %q, want %q\n%s", tt.rcpt, r, tt.reply, out)
+			}
+		}
+	})
+
 	t.Run("a real untagged bounce gets 550 at DATA and sends no body", func(t *testing.T) {
 		const subject = "untagged bounce, refused at DATA"
 		out, code := swaks(t, pf.MXAddr(), "--from", "<>", "--to", user,
@@ -262,6 +279,18 @@ func TestCalloutDialogues(t *testing.T) {
 		// Every untagged bounce recipient, the callouts' and the bounce's.
 		if n := s.metric(t, "batv_inbound_recipients_total", `outcome="missing"`, `action="reject"`); n != 3 {
 			t.Errorf("untagged bounce recipients counted: %v, want 3", n)
+		}
+	})
+
+	t.Run("untagged_bounce = tempfail defers at DATA too", func(t *testing.T) {
+		s.reconfigure(t, `untagged_bounce = "tempfail"`)
+		res, err := pf.SendMX("", []string{user}, message("MAILER-DAEMON@remote.test", user, "untagged, tempfail"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		const text = "451 4.7.1 Bounce deferred: the recipient address is not tagged (BATV)"
+		if r := res.Rcpt(user); r == nil || r.Code != 250 || res.Data == nil || res.Data.String() != text {
+			t.Fatalf("%v, want 250 at RCPT and %q at DATA", res, text)
 		}
 	})
 }
@@ -298,6 +327,7 @@ func run(t *testing.T, c *postfixtest.Conn, steps ...step) {
 			t.Fatalf("%s: %v %v, want %d", st.cmd, r, err, st.code)
 		}
 	}
+
 }
 
 // expectNothingQueued finds the log line of Postfix that has both marker

@@ -295,7 +295,7 @@ func TestSendmailEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("milter stopped: F= lets mail through, unsigned", func(t *testing.T) {
+	t.Run("milter stopped: F= lets mail through, unsigned and unverified", func(t *testing.T) {
 		s.daemon.stop(t)
 		res, err := sm.Send(sm.MTAAddr(), "carol@remote.test", []string{"bob@example.com"}, message("carol@remote.test", "bob@example.com", "milter down, inbound"))
 		if err != nil || !res.Accepted() {
@@ -309,6 +309,12 @@ func TestSendmailEndToEnd(t *testing.T) {
 		if m := sm.WaitMessage(t, wait, withText("milter down, outbound")); m.From != user {
 			t.Fatalf("sender %q: with the milter down mail goes out unsigned", m.From)
 		}
+		// Nothing is verified either: an untagged bounce gets through.
+		res, err = sm.Send(sm.MTAAddr(), "", []string{user}, message("MAILER-DAEMON@remote.test", user, "milter down, untagged bounce"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("untagged bounce with the milter down: %v %v", res, err)
+		}
+		sm.WaitMessage(t, wait, withText("milter down, untagged bounce"))
 	})
 }
 
