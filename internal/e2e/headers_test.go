@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,10 +52,7 @@ func TestPostfixForgedStatusHeaders(t *testing.T) {
 
 	t.Run("removed by header_checks", func(t *testing.T) {
 		checks := filepath.Join(s.dir, "batv_header_checks")
-		writeFile(t, checks, "/^X-BATV-Status:/ IGNORE\n")
-		if err := os.Chmod(checks, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeTable(t, checks, "/^X-BATV-Status:/ IGNORE\n")
 		if err := s.pf.Postconf(map[string]string{"header_checks": "regexp:" + checks}); err != nil {
 			t.Fatal(err)
 		}

@@ -200,6 +200,39 @@ func TestSendmailEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("a callout to an untagged address gets 250", func(t *testing.T) {
+		converse(t, sm.MTAAddr(), step{"EHLO mx.remote.test", 250}, step{"MAIL FROM:<>", 250},
+			step{"RCPT TO:<" + user + ">", 250}, step{"RSET", 250})
+	})
+
+	t.Run("an untagged recipient and then a valid one: 452 4.5.3, refused at DATA, the retry delivered", func(t *testing.T) {
+		valid := s.signSub("bob@example.com", 1)
+		res, err := sm.Send(sm.MTAAddr(), "", []string{user, valid}, message("MAILER-DAEMON@remote.test", valid, "split bounce"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("replies:\n%s", res)
+		const split = "452 4.5.3 "
+		if r := res.Rcpt(valid); r == nil || !strings.HasPrefix(r.String(), split) || !strings.Contains(r.Text, "Too many recipients for one bounce") {
+			t.Errorf("RCPT %s: %v, want %q...", valid, r, split)
+		}
+		if r := res.Rcpt(user); r == nil || r.Code != 250 || res.Data == nil || !strings.HasPrefix(res.Data.String(), "550 5.7.1 Bounce refused: this address sends only tagged mail") || res.Accepted() {
+			t.Fatalf("untagged recipient and DATA: %v", res)
+		}
+		res, err = sm.Send(sm.MTAAddr(), "", []string{valid}, message("MAILER-DAEMON@remote.test", valid, "split bounce, retried"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("retry: %v %v", res, err)
+		}
+		if m := sm.WaitMessage(t, wait, withText("split bounce, retried")); len(m.Rcpts) != 1 || m.Rcpts[0] != "bob@sink.test" {
+			t.Fatalf("delivered to %v, want [bob@sink.test]", m.Rcpts)
+		}
+		for _, m := range sm.Sink().Messages() {
+			if strings.Contains(string(m.Data), "split bounce\r\n") {
+				t.Errorf("the refused transaction was delivered: %v", m)
+			}
+		}
+	})
+
 	t.Run("an unknown user is refused as unknown, tagged or not", func(t *testing.T) {
 		for _, rcpt := range []string{"nobody1@example.com", s.signSub("nobody1@example.com", 1)} {
 			res, err := sm.Send(sm.MTAAddr(), "", []string{rcpt}, message("MAILER-DAEMON@remote.test", rcpt, "unknown"))
@@ -262,7 +295,7 @@ func TestSendmailEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("milter stopped: F= lets mail through, unsigned", func(t *testing.T) {
+	t.Run("milter stopped: F= lets mail through, unsigned and unverified", func(t *testing.T) {
 		s.daemon.stop(t)
 		res, err := sm.Send(sm.MTAAddr(), "carol@remote.test", []string{"bob@example.com"}, message("carol@remote.test", "bob@example.com", "milter down, inbound"))
 		if err != nil || !res.Accepted() {
@@ -276,6 +309,12 @@ func TestSendmailEndToEnd(t *testing.T) {
 		if m := sm.WaitMessage(t, wait, withText("milter down, outbound")); m.From != user {
 			t.Fatalf("sender %q: with the milter down mail goes out unsigned", m.From)
 		}
+		// Nothing is verified either: an untagged bounce gets through.
+		res, err = sm.Send(sm.MTAAddr(), "", []string{user}, message("MAILER-DAEMON@remote.test", user, "milter down, untagged bounce"))
+		if err != nil || !res.Accepted() {
+			t.Fatalf("untagged bounce with the milter down: %v %v", res, err)
+		}
+		sm.WaitMessage(t, wait, withText("milter down, untagged bounce"))
 	})
 }
 

@@ -91,6 +91,11 @@
 //	m := inst.WaitMessage(t, 20*time.Second, postfixtest.ToRcpt("carol@remote.test"))
 //	// m.From is the envelope sender Postfix used towards the outside.
 //
+// Send runs one whole transaction. For a dialogue of one's own (a sender
+// verification callout that ends with RSET, addresses written exactly as
+// given, several transactions on one connection) use Dial and Conn.Cmd,
+// which keep a transcript.
+//
 // Postfix programs print errors only when stderr is a terminal (else they
 // go to the log, or nowhere for a bad main.cf); the harness runs them
 // with a pseudo-terminal as stderr, so their complaints appear in errors.
@@ -108,6 +113,10 @@
 //     even when relay_recipient_maps does not list it.
 //   - Locally generated bounces do not pass through smtpd_milters or
 //     non_smtpd_milters (internal_mail_filter_classes is empty by default).
+//   - Postfix reads a table file (texthash, regexp, ...) again and again
+//     while it changed within the last second (util/load_file.c): a table a
+//     test writes just before Start or Reload delayed the first smtpd's
+//     greeting by 1.8 s here. Date such files back (os.Chtimes).
 //   - With smtpd_milters pointing at a dead socket and
 //     milter_default_action = tempfail, the MX answers "451 4.7.1 Service
 //     unavailable - try again later" at MAIL, and the submission port

@@ -686,3 +686,43 @@ func TestSocketPermissions(t *testing.T) {
 		t.Fatalf("Postfix did not connect to the ListenUnix socket:\n%s\n%s", res, inst.LogTail(10))
 	}
 }
+
+func TestConnDialogue(t *testing.T) {
+	sink := NewSink(t)
+	c, greeting, err := Dial(sink.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if greeting.Code != 220 {
+		t.Fatalf("greeting %v", greeting)
+	}
+	step := func(cmd string, code int) {
+		t.Helper()
+		r, err := c.Cmd(cmd)
+		if err != nil || r.Code != code {
+			t.Fatalf("%s: %v %v, want %d\n%s", cmd, r, err, code, c.Transcript())
+		}
+	}
+	step("EHLO client.test", 250)
+	step("MAIL FROM:<>", 250)
+	step("RCPT TO:<callout@example.com>", 250)
+	step("RSET", 250)
+	step("MAIL FROM:<carol@remote.test>", 250)
+	step("RCPT TO:<alice@example.com>", 250)
+	step("DATA", 354)
+	if r, err := c.Body([]byte("Subject: conn\n\n.dot\n")); err != nil || r.Code != 250 {
+		t.Fatalf("end of data: %v %v", r, err)
+	}
+	c.Quit()
+	msgs := sink.Messages()
+	if len(msgs) != 1 || msgs[0].From != "carol@remote.test" || !msgs[0].HasRcpt("alice@example.com") || !strings.Contains(string(msgs[0].Data), "\r\n.dot\r\n") {
+		t.Fatalf("sink got %v", msgs)
+	}
+	tr := c.Transcript()
+	for _, want := range []string{"C: RCPT TO:<callout@example.com>\nS: 250 ", "C: RSET\nS: 250 ", "C: (message, 20 bytes, and the final dot)\nS: 250 ", "C: QUIT\nS: 221 "} {
+		if !strings.Contains(tr, want) {
+			t.Errorf("transcript has no %q:\n%s", want, tr)
+		}
+	}
+}
