@@ -231,9 +231,10 @@ func TestManPageRendered(t *testing.T) {
 	text := regexp.MustCompile(`.\x08`).ReplaceAllString(string(out), "")
 	for _, want := range []string{
 		"SYNOPSIS\n       batv [--help] [--version]\n",
-		"\n       batv sign [--keyring PATH | --secret-file FILE --key-id K] [--at DATE] [--lifetime N] [--sub-address C] ADDRESS\n",
+		"\n       batv sign [--config FILE] [--keyring PATH | --secret-file FILE --key-id K] [--at DATE] [--lifetime N] [--sub-address C] ADDRESS\n",
 		"\n       batv keys rotate [--delay DURATION | --now]\n",
-		"\n       --at DATE\n              act as on DATE (UTC,",
+		"\n       --at DATE\n              act as on DATE instead of now: YYYY-MM-DD, which means 12:00 UTC that day, or an RFC 3339 time\n",
+		"EXIT STATUS\n       batv milter\n              0: stopped cleanly",
 		"\n       --config, -c FILE\n",
 		"2026-01-01",
 	} {
