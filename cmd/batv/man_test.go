@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
 // unroff removes the font and escape sequences of a roff page, enough to
@@ -209,10 +211,7 @@ func TestCompletionCommand(t *testing.T) {
 func TestManPageRendered(t *testing.T) {
 	groff, err := exec.LookPath("groff")
 	if err != nil {
-		if os.Getenv("BATV_E2E") != "" {
-			t.Fatal("groff is not installed (apt-get install groff-base)")
-		}
-		t.Skip("groff is not installed (apt-get install groff-base)")
+		postfixtest.SkipOrFail(t, "groff is not installed (apt-get install groff-base)")
 	}
 	t.Setenv("SOURCE_DATE_EPOCH", "1767225600")
 	page, err := manPage()
