@@ -16,10 +16,28 @@ all: build
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/batv
 
-# The README's test command. End-to-end tests against a real Postfix run
-# when Postfix is installed (mandatory in CI, which sets BATV_E2E=1).
+# The README's test command. The end-to-end tests (a real Postfix and
+# Sendmail; postmap, systemd-analyze, groff) run when what they need is
+# installed and, for Postfix and Sendmail, as root; they skip otherwise
+# (mandatory in CI, which sets BATV_E2E=1). go test prints "ok" for a
+# package that skipped every test, so each skip is noted in a file
+# (BATV_SKIP_REPORT, postfixtest.SkipOrFail) and the lines after go test say
+# what did not run and the command that installs what it needs. -shuffle=on
+# also keeps go test from caching results: every run notes its skips.
+# Sendmail is found where .ci/install-deps unpacks it, .ci/sendmail.
+SENDMAIL_ROOT = $(or $(BATV_SENDMAIL_ROOT),$(if $(wildcard .ci/sendmail/usr),$(CURDIR)/.ci/sendmail))
 test:
-	$(GO) test -race -shuffle=on ./...
+	@report=$$(mktemp); echo "$(GO) test -race -shuffle=on ./..."; \
+	BATV_SKIP_REPORT=$$report BATV_SENDMAIL_ROOT='$(SENDMAIL_ROOT)' $(GO) test -race -shuffle=on ./...; status=$$?; \
+	if [ -s "$$report" ]; then \
+		echo; \
+		echo "*** SKIPPED: $$(wc -l < $$report) end-to-end tests did not run; the \"ok\" of their packages does not cover them:"; \
+		sed 's|^$(CURDIR)/||' $$report | awk -F'\t' '{n[$$1]++} END {for (p in n) printf "***   %s: %d\n", p, n[p]}' | sort; \
+		echo "*** why:"; cut -f3 $$report | sort | uniq -c | sort -rn | sed 's/^ */***   /'; \
+		echo "*** To run them, install what they need (as CI does) and run the tests as root:"; \
+		if [ "$$(id -u)" -eq 0 ]; then echo "***   .ci/install-deps && make test"; \
+		else echo "***   sudo .ci/install-deps && sudo env PATH=\"\$$PATH\" make test"; fi; \
+	fi; rm -f $$report; exit $$status
 
 check:
 	$(GO) vet ./...

@@ -120,7 +120,7 @@ if systemctl is-enabled batv.service >/dev/null 2>&1; then fail "the unit is ena
 
 echo "== the man pages"
 page=$(MANWIDTH=200 man 8 batv 2>&1 | col -b)
-case $page in *"batv sign [--keyring PATH | --secret-file FILE --key-id K]"*) ok "man 8 batv: the synopsis" ;; *) fail "man 8 batv: no synopsis" ;; esac
+case $page in *"batv sign [--config FILE] [--keyring PATH | --secret-file FILE --key-id K]"*) ok "man 8 batv: the synopsis" ;; *) fail "man 8 batv: no synopsis" ;; esac
 case $page in *"--config, -c FILE"*) ok "man 8 batv: --config, -c FILE" ;; *) fail "man 8 batv: --config does not render" ;; esac
 case $page in *'=""'*) fail 'man 8 batv: a flag renders as --flag=""' ;; *) ok 'man 8 batv: no --flag=""' ;; esac
 page=$(MANWIDTH=200 man 5 batv.toml 2>&1 | col -b)

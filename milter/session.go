@@ -74,7 +74,7 @@ func (s *session) MailFrom(from, _ string, m gomilter.Modifier) (_ *gomilter.Res
 	if s.srv.Roles&Outbound != 0 {
 		s.origin = s.policy.Origin(s.client)
 		if s.origin == policy.NotOurs {
-			s.log().Debug("not ours to sign", "direction", "outbound", "sender", from,
+			s.log().Debug("not ours to sign", "direction", "outbound", "sender", senderWord(from),
 				"client", s.client.Addr, "daemon_name", s.client.DaemonName)
 		}
 	}
@@ -222,19 +222,26 @@ func (s *session) applyOutbound(m gomilter.Modifier) (*gomilter.Response, error)
 	s.signRcpts = rcpts
 	start := time.Now()
 	res := s.policy.Sign(s.sender, rcpts, s.srv.now())
-	s.srv.Metrics.Decision("outbound", time.Since(start).Seconds())
+	took := time.Since(start).Seconds()
+	if res.Skip == policy.SkipNullSender {
+		// A bounce, even from one of our clients, is no outbound message:
+		// it is never signed, and not counted as outbound.
+		s.log().Debug("bounce: never signed", "queue_id", s.queueID, "sender", senderWord(s.sender))
+		return gomilter.RespContinue, nil
+	}
+	s.srv.Metrics.Decision("outbound", took)
 	if res.Address == "" {
 		s.srv.Metrics.Signed(res.Skip)
 		if res.Skip == policy.SkipError {
 			s.log().Error("signing failed", "queue_id", s.queueID, "direction", "outbound",
-				"sender", s.sender, "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
+				"sender", senderWord(s.sender), "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
 			if s.policy.TempfailOnSignError() {
 				return gomilter.RejectWithCodeAndReason(451, "4.3.0 Temporary failure signing the sender address (BATV)")
 			}
 			return gomilter.RespContinue, nil
 		}
 		s.log().Info("not signed", "queue_id", s.queueID, "direction", "outbound",
-			"outcome", "skipped", "reason", res.Skip.String(), "sender", s.sender, "why_ours", s.origin.String())
+			"outcome", "skipped", "reason", res.Skip.String(), "sender", senderWord(s.sender), "why_ours", s.origin.String())
 		return gomilter.RespContinue, nil
 	}
 	if err := m.ChangeFrom(res.Address, ""); err != nil {
@@ -242,7 +249,7 @@ func (s *session) applyOutbound(m gomilter.Modifier) (*gomilter.Response, error)
 	}
 	s.srv.Metrics.Signed(policy.NotSkipped)
 	s.log().Info("signed", "queue_id", s.queueID, "direction", "outbound", "outcome", "signed",
-		"reason", s.origin.String(), "key_id", res.KeyID, "sender", s.sender, "tagged", res.Address)
+		"reason", s.origin.String(), "key_id", res.KeyID, "sender", senderWord(s.sender), "tagged", res.Address)
 	return gomilter.RespContinue, nil
 }
 
@@ -261,7 +268,7 @@ func (s *session) Unknown(string, gomilter.Modifier) (*gomilter.Response, error)
 // MTA's milter default action.
 func (s *session) Cleanup(gomilter.Modifier) {
 	if s.policy != nil {
-		s.log().Info("session ended in the middle of a message", "queue_id", s.queueID, "sender", s.sender, "recipients", len(s.rcpts))
+		s.log().Info("session ended in the middle of a message", "queue_id", s.queueID, "sender", senderWord(s.sender), "recipients", len(s.rcpts))
 	}
 }
 

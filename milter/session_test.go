@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -386,7 +387,7 @@ func TestShutdownFinishesMessageInFlight(t *testing.T) {
 func TestDecisionLogLines(t *testing.T) {
 	var buf syncBuf
 	_, path := testServer(t, Outbound|Inbound, nil, func(s *Server, o *serve.Options) {
-		s.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+		s.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		o.Logger = s.Logger
 	})
 	valid := tag(t, "user@example.com", 1)
@@ -395,6 +396,13 @@ func TestDecisionLogLines(t *testing.T) {
 	sub := dial(t, path, "203.0.113.5", "submission")
 	send(t, sub, &mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID2"})
 	send(t, sub, &mta.Message{Sender: valid, Recipients: []string{"bob@example.org"}, AuthUser: "alice", QueueID: "4QID3"})
+	// From the MTA host, whose mail is ours to sign: a bounce is never
+	// signed, and says nothing about it at level info; a reply to an
+	// expired tag is accepted, and logged as expired.
+	local := dial(t, path, "", "pickup")
+	send(t, local, &mta.Message{Recipients: []string{valid}, QueueID: "4QID4"})
+	expired := tag(t, "user@example.com", 20)
+	send(t, local, &mta.Message{Sender: "friend@example.org", Recipients: []string{expired}, QueueID: "4QID5"})
 
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	// Postfix sends the queue id at RCPT only once it has accepted a
@@ -405,12 +413,22 @@ func TestDecisionLogLines(t *testing.T) {
 		{`msg="bounce with several protected recipients"`, "queue_id=4QID1", "recipients=2"},
 		{"msg=signed", "queue_id=4QID2", "direction=outbound", "outcome=signed", "reason=authenticated", "key_id=4", "sender=alice@example.com", "tagged=\"prvs="},
 		{`msg="not signed"`, "queue_id=4QID3", "direction=outbound", "outcome=skipped", "reason=tagged", valid},
+		{"msg=recipient", "direction=inbound", "outcome=valid", "action=accept", valid, "sender=<>", "bounce=true"},
+		{"msg=recipient", "direction=inbound", "outcome=expired", "action=accept", `reason="expired tag on a reply"`, expired, "untagged=user@example.com"},
+		{`msg="not signed"`, "queue_id=4QID5", "reason=foreign-domain", "sender=friend@example.org"},
 	}
 	var got []string
 	for _, l := range lines {
 		if strings.Contains(l, "level=INFO") {
 			got = append(got, l)
 		}
+		// The null sender has one spelling in every line.
+		if strings.Contains(l, `sender=""`) {
+			t.Errorf("the null sender as \"\": %s", l)
+		}
+	}
+	if !regexp.MustCompile(`level=DEBUG msg="bounce: never signed" .*queue_id=4QID4 sender=<>`).MatchString(buf.String()) {
+		t.Errorf("no debug line for the bounce from the MTA host:\n%s", buf.String())
 	}
 	if len(got) != len(want) {
 		t.Fatalf("%d info lines, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))

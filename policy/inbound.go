@@ -75,7 +75,9 @@ func parseAction(s string, allowed ...Action) (Action, bool) {
 type Decision struct {
 	Action Action
 	// Protected is true when the recipient is in a protected domain;
-	// Status is then its verification outcome.
+	// Status is then its verification outcome: Expired for a reply to an
+	// expired tag too, which is accepted (ActAccept), as a reply needs
+	// only the MAC.
 	Protected bool
 	Status    batv.Status
 	// Reply is the SMTP reply that refuses the recipient; zero if the
@@ -244,7 +246,9 @@ func (t *Transaction) decide(rcpt string, now time.Time) Decision {
 	case res.Status == batv.Valid:
 		d.Action, d.Rewrite = ActAccept, res.Untagged()
 		if !bounce && res.DaysLeft < 0 {
-			d.Reason = "expired tag on a reply"
+			// A reply needs only the MAC: delivered, with the outcome
+			// the tag has at now.
+			d.Status, d.Reason = batv.Expired, "expired tag on a reply"
 		}
 	case res.Status == batv.Missing && !bounce:
 		d.Action, d.Reason = ActPass, "not a bounce"

@@ -186,6 +186,14 @@ func compile(cfg Config) (*Policy, []error) {
 	return p, errs
 }
 
+// Signer is the signer of outbound mail: the keys, lifetime and form
+// the policy signs with (for tools that sign as the daemon does).
+func (p *Policy) Signer() batv.Signer { return p.signer }
+
+// Verifier is the verifier of bounces: the keys, expiry window, case rule,
+// clock skew and delimiter the policy verifies with.
+func (p *Policy) Verifier() batv.Verifier { return p.verifier }
+
 // GraceUntil is the end of the grace period for untagged bounces.
 func (p *Policy) GraceUntil() time.Time { return p.graceUntil }
 

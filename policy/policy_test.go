@@ -126,7 +126,7 @@ func TestRecipientDecisions(t *testing.T) {
 		{name: "reply to valid tag", env: envelope{sender: "someone@example.org"}, rcpt: valid,
 			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
 		{name: "reply to expired tag is stripped", env: envelope{sender: "someone@example.org"}, rcpt: expired,
-			action: ActAccept, outcome: "valid", rewrite: "user@example.com"},
+			action: ActAccept, outcome: "expired", rewrite: "user@example.com"},
 		{name: "reply to forged tag: deliver and mark", mod: func(c *Config) { c.Verify.InvalidTagReply = "deliver-mark" }, env: envelope{sender: "someone@example.org"}, rcpt: forge(valid),
 			action: ActDeliverMark, outcome: "bad-signature", rewrite: "user@example.com", mark: "bad-signature; rcpt=<"},
 		{name: "reply to forged tag: deliver", mod: func(c *Config) { c.Verify.InvalidTagReply = "deliver" },

@@ -76,8 +76,7 @@ milter's life, or of this run with --reset-peak-rss). This command uses CPU too,
 the milter's machine it competes with it: compare milters on the same machine, the same
 way. docs/performance.md has measured figures and the commands behind them.
 
-Exit status: 0 when every message was checked, 1 when any message failed or got a wrong
-reply, or none could be checked, 2 for a usage error or a milter that cannot be reached.`,
+` + exitStatusHelp("bench"),
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: benchFlagMilter, Aliases: []string{"m"}, Required: true,
 				Usage: "the milter's socket `ADDRESS`: unix:PATH or inet:HOST:PORT"},

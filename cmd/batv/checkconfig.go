@@ -15,16 +15,18 @@ func checkConfigCommand() *cli.Command {
 		UsageText: "batv check-config [--config FILE] [--domain DOMAIN]... [--keyring PATH]\n\n" +
 			"Reads the configuration (the embedded default without --config), reports every\n" +
 			"problem at once with its file and line, then loads the keyring and builds the\n" +
-			"policy exactly as \"batv milter\" would at start or on reload. Exit status 0 if the\n" +
-			"daemon would start with it, 2 otherwise.",
+			"policy exactly as \"batv milter\" would at start or on reload.\n\n" +
+			exitStatusHelp("check-config"),
 		Flags: []cli.Flag{
-			&cli.PathFlag{Name: flagConfig, Aliases: []string{"c"}, EnvVars: []string{envConfig},
-				Usage: "the configuration `FILE`; default: the embedded configuration"},
+			configFlag("the configuration `FILE`; default: the embedded configuration"),
 			&cli.StringSliceFlag{Name: flagDomain, Aliases: []string{"d"}, Usage: "a mail `DOMAIN`, as for batv milter"},
 			daemonKeyringFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			opts := daemonOptions(c)
+			opts, err := daemonOptions(c)
+			if err != nil {
+				return err
+			}
 			checked, err := daemon.Check(opts)
 			if err != nil {
 				return cli.Exit(err.Error(), exitUsage)

@@ -75,30 +75,3 @@ func TestCheckConfigMissingKeyring(t *testing.T) {
 		t.Fatalf("missing keyring without create_keyring: %d %q", code, errOut)
 	}
 }
-
-func TestExplainCLI(t *testing.T) {
-	kr := newKeyring(t)
-	code, tagged, _ := runCLI(t, "sign", "--keyring", kr, "--at", "2026-11-20", "alice@example.com")
-	if code != 0 {
-		t.Fatal(code)
-	}
-	tagged = strings.TrimSpace(tagged)
-	code, out, errOut := runCLI(t, "explain", "--keyring", kr, "--at", "2026-11-28", tagged)
-	for _, want := range []string{
-		"form: standard", "untagged address alice@example.com", "key: id 0, signing",
-		"expired at the end of 2026-11-27 (1 day ago)", "signature: matches the address exactly", "outcome: expired",
-		"a bounce (MAIL FROM:<>) to it: refused at RCPT: 550 5.7.1 Bounce refused: the recipient address tag is expired",
-		"other mail to it: accepted, delivered to alice@example.com",
-	} {
-		if code != 0 || !strings.Contains(out, want) {
-			t.Errorf("explain lacks %q:\n%s%s", want, out, errOut)
-		}
-	}
-	// A bounce message on standard input.
-	msg := "Return-Path: <>\nTo: " + tagged + "\nSubject: Undelivered Mail\n\nbody\n"
-	var stdout, stderr strings.Builder
-	code = run([]string{"batv", "explain", "--keyring", kr, "--at", "2026-11-21"}, strings.NewReader(msg), &stdout, &stderr)
-	if code != 0 || !strings.Contains(stdout.String(), "outcome: valid") || !strings.Contains(stdout.String(), "accepted, delivered to alice@example.com") {
-		t.Fatalf("explain from stdin: %d\n%s%s", code, stdout.String(), stderr.String())
-	}
-}

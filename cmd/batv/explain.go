@@ -20,36 +20,37 @@ func explainCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "explain",
 		Usage: "say in plain words what batv decides for an address or a bounce, and why",
-		UsageText: "batv explain [--config FILE] [--keyring PATH] [--at DATE] ADDRESS...\n" +
+		UsageText: "batv explain [--config FILE] [--keyring PATH] [--at DATE] ADDRESS|LOGLINE...\n" +
 			"batv explain [--config FILE] [--keyring PATH] [--at DATE] < message.eml\n\n" +
-			"For each address (or, with no argument, each tagged address found in a message on\n" +
-			"standard input: its To, Cc, Delivered-To and X-Original-To fields and any\n" +
-			"prvs= address in its text), prints the tag's form, key and key state, expiry day and\n" +
-			"date, whether the signature matches, and what the inbound milter does with a bounce\n" +
-			"and with other mail to it, using the configuration and keyring the daemon uses.\n" +
-			"Exit status 0, or 2 if the configuration or keyring cannot be read or no address\n" +
-			"was found.",
+			"For each address, prints the tag's form, key and key state, expiry day and date,\n" +
+			"whether the signature matches, and what batv does with a bounce to it, with an\n" +
+			"address verification callout (MAIL FROM:<>, RCPT, QUIT) and with other mail, using\n" +
+			"the configuration and keyring the daemon uses (--config; without it the embedded\n" +
+			"configuration and the trial keyring). Whether the user exists is not batv's to\n" +
+			"decide: Postfix's recipient validation refuses an unknown user before batv sees it.\n" +
+			"An argument may be a Postfix log line: the addresses of its to=<...> and any prvs=\n" +
+			"address in it are explained. With no argument, the addresses in a message or log on\n" +
+			"standard input are: its To, Cc, Delivered-To and X-Original-To fields, to=<...> of\n" +
+			"log lines, and any prvs= address in its text.\n\n" +
+			exitStatusHelp("explain"),
 		Flags: []cli.Flag{
-			&cli.PathFlag{Name: flagConfig, Aliases: []string{"c"}, EnvVars: []string{envConfig},
-				Usage: "the configuration `FILE`; default: the embedded configuration"},
+			configFlag("the configuration `FILE`; default: the embedded configuration"),
 			&cli.StringSliceFlag{Name: flagDomain, Aliases: []string{"d"}, Usage: "a mail `DOMAIN`, as for batv milter"},
 			daemonKeyringFlag(),
-			&cli.StringFlag{Name: flagAt, Usage: "explain as on `DATE` (UTC, YYYY-MM-DD or RFC 3339) instead of now"},
+			atFlag("explain as on `DATE` instead of now"),
 		},
 		Action: func(c *cli.Context) error {
 			nowFn, err := atTime(c)
 			if err != nil {
 				return err
 			}
-			opts := daemonOptions(c)
-			addrs := c.Args().Slice()
-			if len(addrs) == 0 {
-				if addrs, err = addressesInMessage(c.App.Reader); err != nil {
-					return usageError("reading the message: %v", err)
-				}
-				if len(addrs) == 0 {
-					return usageError("no recipient address found in the message on standard input")
-				}
+			opts, err := daemonOptions(c)
+			if err != nil {
+				return err
+			}
+			addrs, err := explainedAddresses(c)
+			if err != nil {
+				return err
 			}
 			if len(opts.Domains) == 0 && opts.ConfigPath == "" {
 				// Without a configuration, protect the domains asked about.
@@ -59,38 +60,78 @@ func explainCommand() *cli.Command {
 					}
 				}
 			}
-			checked, err := daemon.Check(opts)
+			checked, err := checkDaemon(opts)
 			if err != nil {
-				return cli.Exit(err.Error(), exitUsage)
-			}
-			if checked.KeyringMissing {
-				return cli.Exit(fmt.Sprintf("keyring %s does not exist yet: batv milter creates it at start, or run batv keys init", checked.Config.Keyring), exitUsage)
+				return err
 			}
 			now := nowFn()
+			protected := false
 			for i, a := range addrs {
 				if i > 0 {
 					fmt.Fprintln(c.App.Writer)
 				}
-				explain(c.App.Writer, checked, a, now)
+				protected = explain(c.App.Writer, checked, keyringSource(c, checked.Config.Keyring), a, now) || protected
+			}
+			if protected {
+				fmt.Fprint(c.App.Writer, "\n"+userExistsNote)
 			}
 			return nil
 		},
 	}
 }
 
-// explain writes what batv makes of addr at now.
-func explain(w io.Writer, ch *daemon.Checked, addr string, now time.Time) {
-	cfg := ch.Config
-	fmt.Fprintln(w, addr)
-	v := batv.Verifier{Keys: ch.Keyring, MaxLifetime: max(cfg.Verify.MaxLifetime, cfg.Sign.Lifetime),
-		Strict: cfg.Verify.Strict, ClockSkew: time.Duration(cfg.Verify.ClockSkew), Now: func() time.Time { return now }}
-	if cfg.Verify.Delimiter != "" {
-		v.Delimiter = cfg.Verify.Delimiter[0]
+// explainedAddresses are the addresses of the arguments (an address, or a
+// line of text such as a Postfix log line to find them in), or else of
+// the message or log on standard input.
+func explainedAddresses(c *cli.Context) ([]string, error) {
+	if !c.Args().Present() {
+		addrs, err := addressesIn(c.App.Reader)
+		if err != nil {
+			return nil, usageError("reading standard input: %v", err)
+		}
+		if len(addrs) == 0 {
+			return nil, usageError("no recipient address found in the message or log on standard input")
+		}
+		return addrs, nil
 	}
+	var addrs []string
+	seen := map[string]bool{}
+	for _, arg := range c.Args().Slice() {
+		found := []string{arg} // an address as it is
+		if strings.ContainsAny(arg, " \t<>,;") {
+			found, _ = addressesIn(strings.NewReader(arg))
+			if len(found) == 0 {
+				return nil, usageError("no address in %q: give an address, or a Postfix log line with to=<...>", arg)
+			}
+		}
+		for _, a := range found {
+			if !seen[a] {
+				seen[a] = true
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	return addrs, nil
+}
+
+// userExistsNote follows the explanations of addresses in protected
+// domains: batv cannot know which users exist.
+const userExistsNote = `Whether a user exists is Postfix's to decide, not batv's: Postfix's recipient validation
+(relay_recipient_maps, virtual_mailbox_maps or local_recipient_maps, which know a tagged
+address through batv's strip table) refuses an unknown user with 550 5.1.1 "User unknown",
+tagged or not, before batv decides.
+`
+
+// explain writes what batv makes of addr at now; source names the
+// keyring. It reports whether addr is in a protected domain.
+func explain(w io.Writer, ch *daemon.Checked, source, addr string, now time.Time) bool {
+	fmt.Fprintln(w, addr)
+	v := ch.Policy.Verifier()
+	v.Now = func() time.Time { return now }
 	r, err := v.Verify(addr)
 	if err != nil {
 		fmt.Fprintf(w, "  cannot verify: %v\n", err)
-		return
+		return false
 	}
 	switch r.Status {
 	case batv.Missing:
@@ -115,10 +156,16 @@ func explain(w io.Writer, ch *daemon.Checked, addr string, now time.Time) {
 		}
 	}
 	fmt.Fprintf(w, "  outcome: %s\n", r.Status)
-	bounce := ch.Policy.Begin(policy.Client{}, "")
-	fmt.Fprintf(w, "  a bounce (MAIL FROM:<>) to it: %s\n", decisionWords(bounce.Recipient(addr, now)))
+	if r.Status == batv.UnknownKey || r.Status == batv.BadSignature {
+		fmt.Fprintf(w, "  checked with: %s\n", source)
+	}
+	trx := ch.Policy.Begin(policy.Client{}, "")
+	bounce := trx.Recipient(addr, now)
+	fmt.Fprintf(w, "  a bounce (MAIL FROM:<>) to it: %s\n", decisionWords(bounce, ch.Policy.GraceUntil()))
+	fmt.Fprintf(w, "  an address verification callout (MAIL FROM:<>, RCPT, QUIT): %s\n", calloutWords(bounce))
 	other := ch.Policy.Begin(policy.Client{}, "someone@example.org")
-	fmt.Fprintf(w, "  other mail to it: %s\n", decisionWords(other.Recipient(addr, now)))
+	fmt.Fprintf(w, "  other mail to it: %s\n", decisionWords(other.Recipient(addr, now), ch.Policy.GraceUntil()))
+	return bounce.Protected
 }
 
 func formWords(t batv.Tag) string {
@@ -166,48 +213,75 @@ func dayCount(n int) string {
 	return fmt.Sprintf("%d days", n)
 }
 
-func decisionWords(d policy.Decision) string {
+// decisionWords says what batv does with one recipient. batv does not
+// know which users exist: what it accepts, Postfix delivers if it knows
+// the user (userExistsNote).
+func decisionWords(d policy.Decision, graceUntil time.Time) string {
 	switch d.Action {
 	case policy.ActPass:
-		if !d.Protected && d.Reason == "domain not protected" {
-			return "passed untouched: the domain is not one batv verifies"
+		if !d.Protected {
+			return "batv lets it through: the domain is not one batv verifies"
 		}
-		return "passed untouched"
+		return "batv lets it through untouched"
 	case policy.ActAccept:
-		return "accepted, delivered to " + d.Rewrite
+		s := "batv accepts it and removes the tag: for " + d.Rewrite
+		if d.Status == batv.Expired {
+			s += " (the tag has expired, but a reply needs only the MAC)"
+		}
+		return s
 	case policy.ActReject, policy.ActTempfail:
-		return "refused at RCPT: " + d.Reply.String()
+		if d.AtData {
+			return "batv answers 250 at RCPT, then refuses the message at DATA: " + d.Reply.String() + "; nothing is delivered"
+		}
+		return "batv refuses it at RCPT: " + d.Reply.String()
 	case policy.ActGrace:
-		return "accepted: untagged, but within the grace period after BATV was enabled"
+		return "batv accepts it: untagged, but within the grace period after BATV was enabled (until " +
+			graceUntil.UTC().Format(time.RFC3339) + ")"
 	case policy.ActExempt:
-		return "accepted: exempt recipient or client"
+		return "batv accepts it: exempt recipient or client"
 	case policy.ActQuarantine:
-		return "accepted into the quarantine (Postfix hold queue)"
+		return "batv accepts it into the quarantine (Postfix's hold queue)"
 	case policy.ActTag:
-		return "accepted and marked with the status header"
+		return "batv accepts it and marks it with the status header"
 	case policy.ActOff:
-		return "accepted: checking untagged bounces is off"
+		return "batv accepts it: checking untagged bounces is off"
 	case policy.ActDeliver:
-		return "delivered to " + d.Rewrite
+		return "batv removes the tag: for " + d.Rewrite
 	case policy.ActDeliverMark:
 		if d.Rewrite == "" {
-			return "delivered as addressed, marked with the status header"
+			return "batv lets it through as addressed, marked with the status header"
 		}
-		return "delivered to " + d.Rewrite + ", marked with the status header"
+		return "batv removes the tag, for " + d.Rewrite + ", and marks the message with the status header"
 	}
 	return d.Action.String()
+}
+
+// calloutWords says what a callout gets from batv for the recipient
+// whose bounce decision is d: a callout sends MAIL FROM:<> and RCPT, then
+// quits without DATA.
+func calloutWords(d policy.Decision) string {
+	if r := d.RcptReply(); r.Refuses() {
+		return "batv refuses it at RCPT: " + r.String()
+	}
+	if d.AtData {
+		return "batv answers 250 at RCPT: the callout succeeds (it quits before DATA)"
+	}
+	return "batv answers 250 at RCPT"
 }
 
 var (
 	prvsRe     = regexp.MustCompile(`(?i)[^\s<>"'(),;:\[\]]*prvs=[^\s<>"'(),;\[\]]+@[A-Za-z0-9.-]+`)
 	rcptHeader = regexp.MustCompile(`(?i)^(to|cc|delivered-to|x-original-to|envelope-to|x-envelope-to)\s*:\s*(.*)$`)
 	addrRe     = regexp.MustCompile(`[^\s<>"'(),;:\[\]]+@[A-Za-z0-9.-]+`)
+	// logRcpt is a recipient in a Postfix log line: to=<...> and
+	// orig_to=<...> of delivery lines, to=<...> of reject lines.
+	logRcpt = regexp.MustCompile(`(?:^|[\s,;])(?:orig_)?to=<([^<>\s]+)>`)
 )
 
-// addressesInMessage finds the recipient addresses of a message: those of
-// its recipient header and DSN fields, and any prvs= address in its text,
-// tagged ones first.
-func addressesInMessage(r io.Reader) ([]string, error) {
+// addressesIn finds the recipient addresses in a message or in log lines:
+// those of its recipient header and DSN fields, the to=<...> of Postfix
+// log lines, and any prvs= address in its text, tagged ones first.
+func addressesIn(r io.Reader) ([]string, error) {
 	seen := map[string]bool{}
 	var tagged, plain []string
 	add := func(list *[]string, a string) {
@@ -228,6 +302,9 @@ func addressesInMessage(r io.Reader) ([]string, error) {
 			for _, a := range addrRe.FindAllString(m[2], -1) {
 				add(&plain, a)
 			}
+		}
+		for _, m := range logRcpt.FindAllStringSubmatch(line, -1) {
+			add(&plain, m[1])
 		}
 	}
 	if err := sc.Err(); err != nil {

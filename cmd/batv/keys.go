@@ -45,10 +45,8 @@ const (
 	keysFlagOutput      = "output"
 )
 
-const keysExitStatuses = `Exit status: 0 on success; 1 if the operation was refused by the state of the
-keyring (a key id still in use, a rotation already pending, an existing file) or
-failed at run time (the file could not be written or locked); 2 on bad usage or
-an unreadable, damaged or insecure keyring file.`
+// keysExitStatuses is the exit-status paragraph of the keys commands.
+var keysExitStatuses = exitStatusHelp("keys")
 
 // keysCommand returns the "batv keys" command and its subcommands.
 func keysCommand() *cli.Command { return keysCmd{rand: rand.Reader}.command() }
@@ -313,7 +311,7 @@ key that is a batv-tools key map imported by mistake, retired keys to prune, no
 key signing, signing that ends with no key to follow (from 90 days before a key
 reaches its longest signing period), every id in use.
 
-Exit status: 0 if the file can be used (even with warnings); 2 if it cannot.`,
+` + exitStatusHelp("keys check"),
 		Flags:  []cli.Flag{keysKeyringFlag()},
 		Action: keysCheck,
 	}

@@ -14,14 +14,6 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// Exit statuses, documented in batv(8) and docs/cli.md.
-const (
-	exitOK      = 0 // success; for verify: the tag is valid
-	exitFailure = 1 // a runtime failure (the daemon could not run, a write failed)
-	exitUsage   = 2 // bad usage, an unreadable or invalid file, an invalid configuration
-	// Statuses 3 to 7 are verify outcomes other than valid; see verifyExitCodes.
-)
-
 // version is stamped by the Makefile with -ldflags "-X main.version=...";
 // without it, appVersion takes the version Go recorded in the binary.
 var version string
@@ -88,14 +80,20 @@ func runApp(app *cli.App, args []string, stderr io.Writer) int {
 	var coder cli.ExitCoder
 	if errors.As(err, &coder) {
 		if msg := err.Error(); msg != "" {
-			fmt.Fprintln(stderr, "batv:", msg)
+			fmt.Fprintln(stderr, errorLine(msg))
 		}
 		return coder.ExitCode()
 	}
 	// Anything urfave/cli reports itself (unknown flag, bad flag value,
 	// missing argument) is a usage error.
-	fmt.Fprintln(stderr, "batv:", err)
+	fmt.Fprintln(stderr, errorLine(err.Error()))
 	return exitUsage
+}
+
+// errorLine is msg as the program reports it: after "batv: ", once, even
+// when msg is an error of package batv, which starts with it too.
+func errorLine(msg string) string {
+	return "batv: " + strings.TrimPrefix(msg, "batv: ")
 }
 
 // newApp builds the command-line application. It registers nothing
@@ -131,8 +129,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 
 // unknownCommand is the action of the application and of each command that
 // only has subcommands: help without arguments, a usage error (exit 2)
-// for a command that does not exist, instead of urfave/cli's exit 3, which
-// batv verify uses for "no tag".
+// for a command that does not exist, as for any other usage error, and not
+// urfave/cli's exit 3, which is batv verify's "no tag".
 func unknownCommand(c *cli.Context) error {
 	if !c.Args().Present() {
 		return cli.ShowSubcommandHelp(c)

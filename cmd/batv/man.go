@@ -105,49 +105,18 @@ Show the help of batv or of a command (\fBbatv keys rotate \-\-help\fR).
 Print the version.
 `
 
-// manSections are the sections of batv(8) after the commands, in roff.
-const manSections = `.SH EXIT STATUS
-.TP
-.B 0
-Success; for \fBverify\fR, the tag is valid; for \fBmilter\fR, a clean stop.
-.TP
-.B 1
-A failure at run time: the daemon could not run (a socket could not be opened),
-a keyring change was refused by the state of the keyring (a key id still in
-use, a rotation already pending) or could not be written or locked; for
-\fBbench\fR, a message failed or got the wrong reply.
-.TP
-.B 2
-Bad usage (an unknown flag, a missing argument), or a file that cannot be used:
-an invalid configuration, or a keyring that is missing, damaged or readable by
-others; for \fBbench\fR, a milter that cannot be reached. Restarting the daemon
-does not help, and the systemd unit does not restart it.
-.TP
-.B 3
-\fBsign\fR: the address was left unsigned (printed unchanged, the reason on
-standard error). \fBverify\fR: the address has no tag. Also an unknown command.
-.TP
-.B 4
-\fBverify\fR: the tag is malformed.
-.TP
-.B 5
-\fBverify\fR: the tag's key is not in the keyring.
-.TP
-.B 6
-\fBverify\fR: the tag has expired.
-.TP
-.B 7
-\fBverify\fR: the tag's signature does not match.
-.SH ENVIRONMENT
+// manSections are the sections of batv(8) after the commands and the
+// exit statuses, in roff.
+const manSections = `.SH ENVIRONMENT
 .TP
 .B BATV_CONFIG
-The configuration file of \fBmilter\fR, \fBcheck-config\fR and \fBexplain\fR,
-when \fB\-\-config\fR is not given.
+The configuration file of \fBmilter\fR, \fBcheck-config\fR, \fBexplain\fR,
+\fBsign\fR and \fBverify\fR, when \fB\-\-config\fR is not given.
 .TP
 .B BATV_KEYRING
 The keyring file, when \fB\-\-keyring\fR is not given. It overrides the
 \fBkeyring\fR of the configuration file too, for \fBmilter\fR,
-\fBcheck-config\fR and \fBexplain\fR.
+\fBcheck-config\fR, \fBexplain\fR, \fBsign\fR and \fBverify\fR.
 .SH SIGNALS
 .TP
 .B SIGHUP
@@ -167,10 +136,14 @@ connection at once.
 The configuration file; see \fBbatv.toml\fR(5).
 .TP
 .I /var/lib/batv/keyring.json
-The keyring (mode 0600), and \fIkeyring.json.lock\fR beside it. As a user other
-than root, with no configuration file, \fBbatv milter\fR uses
-\fI$XDG_STATE_HOME/batv/keyring.json\fR (default
-\fI~/.local/state/batv/keyring.json\fR) instead.
+The keyring of the daemon (mode 0600), and \fIkeyring.json.lock\fR beside it:
+the default of the configuration file and of \fBbatv keys\fR.
+.TP
+.I $XDG_STATE_HOME/batv/keyring.json
+The trial keyring (default \fI~/.local/state/batv/keyring.json\fR, for root
+too): \fBbatv milter\fR without a configuration file creates and uses it, and
+\fBsign\fR, \fBverify\fR, \fBexplain\fR and \fBcheck-config\fR read it
+without \fB\-\-config\fR. A trial run never touches the daemon's keyring.
 .TP
 .I /var/spool/postfix/batv/
 The usual place of the milter and lookup sockets, inside Postfix's queue
@@ -209,6 +182,7 @@ func manPage() (string, error) {
 			writeFlag(&b, f)
 		}
 	}
+	b.WriteString(exitStatusRoff())
 	b.WriteString(manSections)
 	return b.String(), nil
 }
@@ -529,7 +503,8 @@ func completionCommand() *cli.Command {
 			"  batv completion fish > /etc/fish/completions/batv.fish\n\n" +
 			"or for the current shell only: source <(batv completion bash) in bash,\n" +
 			"source <(batv completion zsh) in zsh. The scripts ask batv itself for the\n" +
-			"completions, so they stay right when batv is upgraded.",
+			"completions, so they stay right when batv is upgraded.\n\n" +
+			exitStatusHelp("completion"),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("completion takes one argument: bash, zsh or fish")

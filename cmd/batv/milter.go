@@ -2,9 +2,9 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -25,13 +25,14 @@ func milterCommand() *cli.Command {
 		Usage: "run the milter daemon (signing, verification and the Postfix lookup service)",
 		UsageText: "batv milter [--config FILE] [--domain DOMAIN]... [--keyring PATH]\n\n" +
 			"Serves the outbound and inbound milters and the socketmap lookup service.\n" +
-			"Without --config it runs on the embedded default: milter on inet:127.0.0.1:8891,\n" +
-			"socketmap on inet:127.0.0.1:8892, the keyring at " + keyring.DefaultPath + "\n" +
-			"(created with one signing key if missing), signing and verifying the --domain list.\n" +
+			"Without --config it is a trial run on the embedded default: milter on inet:127.0.0.1:8891,\n" +
+			"socketmap on inet:127.0.0.1:8892, signing and verifying the --domain list, and the\n" +
+			"trial keyring " + trialKeyringName + "\n" +
+			"(created with one signing key if missing), never the daemon's " + keyring.DefaultPath + ".\n" +
 			"SIGHUP reloads the configuration and keyring (the keyring is also reloaded when\n" +
 			"its file changes); SIGTERM or SIGINT finishes messages in flight and exits, a\n" +
-			"second one exits at once. Exit status: 0 after a clean stop, 2 for an invalid\n" +
-			"configuration or keyring, 1 for other failures.",
+			"second one exits at once.\n\n" +
+			exitStatusHelp("milter"),
 		Flags: []cli.Flag{
 			&cli.PathFlag{Name: flagConfig, Aliases: []string{"c"}, EnvVars: []string{envConfig},
 				Usage: "read the configuration from `FILE` (see batv.toml(5)); default: the embedded configuration"},
@@ -40,7 +41,16 @@ func milterCommand() *cli.Command {
 			daemonKeyringFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			opts := daemonOptions(c)
+			opts, err := daemonOptions(c)
+			if err != nil {
+				return err
+			}
+			if opts.ConfigPath == "" {
+				fmt.Fprintf(c.App.ErrWriter, "batv: a trial run on the embedded configuration (no --config): keyring %s "+
+					"(created if missing; batv sign, verify and explain without --config use it too), "+
+					"milter on %s, lookup tables on %s. A site's daemon runs with --config, as the Debian package's unit does.\n",
+					opts.Keyring, daemon.DefaultMilterAddress, daemon.DefaultSocketmapAddress)
+			}
 			reload := make(chan struct{}, 1)
 			stop := make(chan struct{}, 2)
 			sigs := make(chan os.Signal, 4)
@@ -62,7 +72,7 @@ func milterCommand() *cli.Command {
 				}
 			}()
 			opts.Reload, opts.Stop = reload, stop
-			err := daemon.Run(opts)
+			err = daemon.Run(opts)
 			switch {
 			case err == nil:
 				return nil
@@ -74,8 +84,10 @@ func milterCommand() *cli.Command {
 	}
 }
 
-// daemonOptions reads the flags milter and check-config share.
-func daemonOptions(c *cli.Context) daemon.Options {
+// daemonOptions reads the flags milter, check-config and explain share.
+// Without a configuration file the keyring is the trial keyring, unless
+// --keyring names one.
+func daemonOptions(c *cli.Context) (daemon.Options, error) {
 	opts := daemon.Options{
 		ConfigPath: c.Path(flagConfig),
 		Domains:    c.StringSlice(flagDomain),
@@ -85,23 +97,12 @@ func daemonOptions(c *cli.Context) daemon.Options {
 	switch {
 	case c.IsSet(flagKeyring):
 		opts.Keyring = c.String(flagKeyring)
-	case opts.ConfigPath == "" && os.Geteuid() != 0:
-		opts.Keyring = userKeyringPath()
-	}
-	return opts
-}
-
-// userKeyringPath is where the embedded default keeps the keyring when
-// batv does not run as root: $XDG_STATE_HOME/batv/keyring.json, by default
-// ~/.local/state/batv/keyring.json.
-func userKeyringPath() string {
-	dir := os.Getenv("XDG_STATE_HOME")
-	if dir == "" {
-		home, err := os.UserHomeDir()
+	case opts.ConfigPath == "":
+		path, err := trialKeyringPath()
 		if err != nil {
-			return keyring.DefaultPath
+			return opts, usageError("%v", err)
 		}
-		dir = filepath.Join(home, ".local", "state")
+		opts.Keyring = path
 	}
-	return filepath.Join(dir, "batv", "keyring.json")
+	return opts, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,28 +42,31 @@ func TestSignVerifyCLI(t *testing.T) {
 		t.Fatalf("sign: %d %q %q", code, out, errOut)
 	}
 
+	// A tag the key does not verify names the key on standard error.
+	keyUsed := "batv: %s: checked with key id 2 of --secret-file " + key + "\n"
 	tests := []struct {
-		name string
-		args []string
-		code int
-		out  string
+		name   string
+		args   []string
+		code   int
+		out    string
+		errOut string
 	}{
-		{"valid", []string{tagged}, 0, "valid user@example.com\n"},
-		{"valid on the last day", []string{"--at", "2026-12-05", tagged}, 0, "valid user@example.com\n"},
-		{"expired the day after", []string{"--at", "2026-12-06", tagged}, 6, "expired\n"},
-		{"missing", []string{"user@example.com"}, 3, "missing\n"},
-		{"malformed", []string{"prvs=2792=user@example.com"}, 4, "malformed\n"},
-		{"unknown key", []string{"prvs=37924241c2=user@example.com"}, 5, "unknown-key\n"},
-		{"bad signature", []string{"prvs=27924241c3=user@example.com"}, 7, "bad-signature\n"},
-		{"folded accepted", []string{"prvs=27924241c2=user@EXAMPLE.com"}, 0, "valid user@EXAMPLE.com\n"},
-		{"folded refused when strict", []string{"--strict", "prvs=27924241c2=user@EXAMPLE.com"}, 7, "bad-signature\n"},
+		{"valid", []string{tagged}, 0, "valid user@example.com\n", ""},
+		{"valid on the last day", []string{"--at", "2026-12-05", tagged}, 0, "valid user@example.com\n", ""},
+		{"expired the day after", []string{"--at", "2026-12-06", tagged}, 6, "expired\n", ""},
+		{"missing", []string{"user@example.com"}, 3, "missing\n", ""},
+		{"malformed", []string{"prvs=2792=user@example.com"}, 4, "malformed\n", ""},
+		{"unknown key", []string{"prvs=37924241c2=user@example.com"}, 5, "unknown-key\n", fmt.Sprintf(keyUsed, "unknown-key")},
+		{"bad signature", []string{"prvs=27924241c3=user@example.com"}, 7, "bad-signature\n", fmt.Sprintf(keyUsed, "bad-signature")},
+		{"folded accepted", []string{"prvs=27924241c2=user@EXAMPLE.com"}, 0, "valid user@EXAMPLE.com\n", ""},
+		{"folded refused when strict", []string{"--strict", "prvs=27924241c2=user@EXAMPLE.com"}, 7, "bad-signature\n", fmt.Sprintf(keyUsed, "bad-signature")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			args := append([]string{"verify"}, common...)
 			code, out, errOut := runCLI(t, append(args, tt.args...)...)
-			if code != tt.code || out != tt.out || errOut != "" {
-				t.Fatalf("verify %v: %d %q %q, want %d %q", tt.args, code, out, errOut, tt.code, tt.out)
+			if code != tt.code || out != tt.out || errOut != tt.errOut {
+				t.Fatalf("verify %v: %d %q %q, want %d %q %q", tt.args, code, out, errOut, tt.code, tt.out, tt.errOut)
 			}
 		})
 	}

@@ -519,24 +519,41 @@ func TestMetricsCountExactly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Submitted on the MTA host: ours to sign, but a bounce is no outbound
+	// message; a reply to an expired tag is accepted as expired.
+	lo, err := mta.New("unix", td.sock, 10*time.Second).Session(mta.SMTPClient{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lo.Close()
+	for _, m := range []mta.Message{
+		{Sender: "", Recipients: []string{valid}},
+		{Sender: "someone@example.org", Recipients: []string{td.sign("alice@example.com", 20)}},
+	} {
+		if _, err := lo.Send(&m); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for series, want := range map[string]float64{
 		`batv_outbound_messages_total{result="signed"}`:                    2,
-		`batv_outbound_messages_total{result="foreign-domain"}`:            1,
-		`batv_inbound_recipients_total{action="accept",outcome="valid"}`:   2,
+		`batv_outbound_messages_total{result="foreign-domain"}`:            2,  // the reply from the MTA host too
+		`batv_outbound_messages_total{result="null-sender"}`:               -1, // bounces are not outbound
+		`batv_decision_seconds_count{direction="outbound"}`:                4,  // one per message ours to sign but the bounce
+		`batv_inbound_recipients_total{action="accept",outcome="expired"}`: 1,
+		`batv_inbound_recipients_total{action="accept",outcome="valid"}`:   3,
 		`batv_inbound_recipients_total{action="reject",outcome="expired"}`: 1,
 		`batv_inbound_recipients_total{action="reject",outcome="missing"}`: 1,
 		`batv_inbound_recipients_total{action="exempt",outcome="missing"}`: 1,
 		`batv_bounces_multiple_recipients_total`:                           1,
-		`batv_connections_open{listener="milter"}`:                         1,
-		`batv_connections_total{listener="milter",result="accepted"}`:      1,
+		`batv_connections_open{listener="milter"}`:                         2,
+		`batv_connections_total{listener="milter",result="accepted"}`:      2,
 		// Every recipient of every message is decided by the inbound role.
-		`batv_decision_seconds_count{direction="inbound"}`:                     10,
+		`batv_decision_seconds_count{direction="inbound"}`:                     12,
 		`batv_keyring_keys{state="signing"}`:                                   1,
 		`batv_grace_period_remaining_seconds`:                                  0,
 		`batv_reloads_total{result="success",what="config"}`:                   0,
 		`batv_build_info{goversion="` + runtime.Version() + `",version="dev"}`: 1,
 		`batv_inbound_recipients_total{action="pass",outcome="missing"}`:       1,  // mail with a sender, counted too
-		`batv_outbound_messages_total{result="null-sender"}`:                   -1, // bounces are not outbound
 		`batv_socketmap_lookups_total{map="untag",result="found"}`:             -1, // no socketmap here
 		`batv_inbound_recipients_total{action="deliver-mark",outcome="valid"}`: -1,
 	} {

@@ -22,11 +22,15 @@ const referenceHeader = `# batv.toml: the configuration file of the batv milter 
 # no "d" unit: write days as hours ("168h" is 7 days). Times are TOML offset
 # date-times such as 2025-06-01T00:00:00Z.
 #
-# Without any configuration file, "batv milter --domain example.com" runs on
-# an embedded default: a milter on inet:127.0.0.1:8891, the lookup service on
-# inet:127.0.0.1:8892, and create_keyring = true. A file differs from that in
-# two ways: create_keyring is false unless the file sets it, and there is no
-# lookup service unless the file has a [socketmap] table.
+# Without any configuration file, "batv milter --domain example.com" is a
+# trial run on an embedded default: a milter on inet:127.0.0.1:8891, the
+# lookup service on inet:127.0.0.1:8892, create_keyring = true, and the trial
+# keyring $XDG_STATE_HOME/batv/keyring.json (by default
+# ~/.local/state/batv/keyring.json, for root too), which "batv sign",
+# "verify", "explain" and "check-config" also use without --config. A file
+# differs from that default in three ways: the keyring is the one below,
+# create_keyring is false unless the file sets it, and there is no lookup
+# service unless the file has a [socketmap] table.
 #
 # Most options take effect on reload. These need a restart: keyring,
 # keyring_poll, [log] format, [metrics], [limits], [[listener]] and
@@ -44,8 +48,9 @@ by itself when the file changes.`,
 			{
 				key: `keyring`,
 				doc: `The keyring file. It must be a regular file of mode 0600 (or 0400) readable
-by the user batv runs as. The --keyring option of "batv milter" and
-"batv check-config", and the environment variable BATV_KEYRING, override it.`,
+by the user batv runs as. The --keyring option of "batv milter",
+"check-config", "explain", "sign" and "verify", and the environment variable
+BATV_KEYRING, override it.`,
 				default_: `"/var/lib/batv/keyring.json"`,
 				example:  `keyring = "/etc/batv/keyring.json"`,
 				value:    `"/var/lib/batv/keyring.json"`,

@@ -14,13 +14,12 @@ import (
 	"time"
 
 	"github.com/batv/batv/internal/serve"
+	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
 // These tests use postmap(1) from the installed Postfix as a real
 // socketmap client. They are skipped when postmap is missing, unless
 // BATV_E2E=1 (then they fail).
-
-const envE2E = "BATV_E2E"
 
 // postmapEnv returns the postmap binary and a config directory with a
 // minimal main.cf (the system may have none), or skips the test.
@@ -36,10 +35,7 @@ func postmapEnv(t *testing.T) (bin, configDir string) {
 		}
 	}
 	if err != nil {
-		if os.Getenv(envE2E) == "1" {
-			t.Fatalf("postmap not found and %s=1: install Postfix (apt-get install postfix)", envE2E)
-		}
-		t.Skipf("postmap (Postfix) not installed; skipping (set %s=1 to make this a failure)", envE2E)
+		postfixtest.SkipOrFail(t, "postmap (Postfix) not installed (apt-get install postfix)")
 	}
 	configDir = t.TempDir()
 	mainCF := "compatibility_level = 3.6\nmyhostname = socketmap.test\n"

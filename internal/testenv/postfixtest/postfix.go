@@ -164,15 +164,44 @@ func Start(t testing.TB, opts Options) *Instance {
 	return inst
 }
 
+// EnvSkipReport names a file to which SkipOrFail appends one line for
+// each test it skips: the package's directory, the test's name and the
+// reason, separated by tabs. "make test" sets it, and after go test (whose
+// "ok" line does not say that a package skipped its tests) says what did
+// not run and how to install what it needs.
+const EnvSkipReport = "BATV_SKIP_REPORT"
+
 // SkipOrFail skips the test for reason, or fails it when BATV_E2E=1 makes
-// the end-to-end tests mandatory. The sendmailtest package uses it too.
+// the end-to-end tests mandatory. A skip is noted in the file that
+// BATV_SKIP_REPORT names. The tests of real software use it: sendmailtest,
+// postmap, systemd-analyze, groff.
 func SkipOrFail(t testing.TB, reason string) {
 	t.Helper()
 	if os.Getenv(EnvE2E) == "1" {
 		t.Fatalf("%s (%s=1: the end-to-end tests are mandatory here)", reason, EnvE2E)
 		return
 	}
+	reportSkip(t, reason)
 	t.Skipf("%s; skipping (set %s=1 to make this a failure)", reason, EnvE2E)
+}
+
+// reportSkip appends the skip to the BATV_SKIP_REPORT file, if one is set.
+func reportSkip(t testing.TB, reason string) {
+	path := os.Getenv(EnvSkipReport)
+	if path == "" {
+		return
+	}
+	dir, _ := os.Getwd() // go test runs a package's tests in its directory
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Logf("%s: %v", EnvSkipReport, err)
+		return
+	}
+	defer f.Close()
+	line := strings.Join([]string{dir, t.Name(), strings.Join(strings.Fields(reason), " ")}, "\t") + "\n"
+	if _, err := f.WriteString(line); err != nil { // one write: O_APPEND keeps lines whole
+		t.Logf("%s: %v", EnvSkipReport, err)
+	}
 }
 
 // requirements finds the programs Start needs and checks that we are root.

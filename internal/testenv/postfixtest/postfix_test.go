@@ -579,17 +579,28 @@ func (f *fakeTB) Skipf(format string, args ...any)  { f.skipped = fmt.Sprintf(fo
 func (f *fakeTB) Fatalf(format string, args ...any) { f.fatal = fmt.Sprintf(format, args...) }
 
 func TestSkipOrFail(t *testing.T) {
+	report := filepath.Join(t.TempDir(), "skipped")
+	t.Setenv(EnvSkipReport, report)
 	t.Setenv(EnvE2E, "")
 	f := &fakeTB{TB: t}
-	SkipOrFail(f, "postfix not installed; install postfix")
+	SkipOrFail(f, "postfix not installed;\n install postfix")
 	if f.fatal != "" || !strings.Contains(f.skipped, "postfix not installed") || !strings.Contains(f.skipped, "BATV_E2E=1") {
 		t.Errorf("without %s: skipped %q, fatal %q", EnvE2E, f.skipped, f.fatal)
+	}
+	// The skip is in the report, on one line: where, which test, why.
+	dir, _ := os.Getwd()
+	want := dir + "\t" + t.Name() + "\tpostfix not installed; install postfix\n"
+	if b, err := os.ReadFile(report); err != nil || string(b) != want {
+		t.Errorf("report %q %v, want %q", b, err, want)
 	}
 	t.Setenv(EnvE2E, "1")
 	f = &fakeTB{TB: t}
 	SkipOrFail(f, "postfix not installed; install postfix")
 	if f.skipped != "" || !strings.Contains(f.fatal, "postfix not installed") {
 		t.Errorf("with %s=1: skipped %q, fatal %q", EnvE2E, f.skipped, f.fatal)
+	}
+	if b, _ := os.ReadFile(report); string(b) != want {
+		t.Errorf("a failure was reported as a skip: %q", b)
 	}
 }
 

@@ -106,8 +106,8 @@ func findBinaries() (binaries, string) {
 	if fi, err := os.Stat(filepath.Join(root, "usr/share/sendmail/cf/m4/cf.m4")); err == nil && fi.Mode().IsRegular() {
 		b.cfDir = filepath.Join(root, "usr/share/sendmail/cf")
 	}
-	const install = "unpack Debian's sendmail-bin and sendmail-cf into a directory and set " + EnvRoot +
-		" to it (apt-get download sendmail-bin sendmail-cf; dpkg-deb -x FILE DIR), as .ci/run does"
+	const install = "run .ci/install-deps, which unpacks Debian's sendmail-bin and sendmail-cf into .ci/sendmail, " +
+		"where make test finds them; or unpack them into a directory and set " + EnvRoot + " to it"
 	if b.sendmail == "" {
 		return b, "sendmailtest: Sendmail not found; " + install
 	}
