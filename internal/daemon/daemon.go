@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"github.com/batv/batv/internal/metrics"
 	"github.com/batv/batv/internal/serve"
@@ -524,6 +525,14 @@ func listenPrivate(network, where string) (net.Listener, error) {
 	return net.Listen(network, where)
 }
 
+// removeStaleSocket removes the socket file at path if it is provably
+// stale: a stream connection to it is refused, which the kernel answers
+// only when no socket is bound to the file. Anything else leaves the file
+// in place and is an error: a connection accepted or queued (a live
+// listener, perhaps a batv already running), a full backlog (EAGAIN, a
+// live listener that is behind), a socket of another type (EPROTOTYPE, a
+// datagram service), no permission, or any other answer: batv does not
+// delete what it cannot prove is dead.
 func removeStaleSocket(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -535,12 +544,41 @@ func removeStaleSocket(path string) error {
 	if fi.Mode()&fs.ModeSocket == 0 {
 		return fmt.Errorf("%s exists and is not a socket: not removing it", path)
 	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("%s: another process is listening on it (is batv already running?)", path)
+	switch err := probeSocket(path); {
+	case errors.Is(err, unix.ECONNREFUSED):
+		return os.Remove(path)
+	case errors.Is(err, unix.ENOENT):
+		return nil // removed meanwhile
+	default:
+		return fmt.Errorf("%s: %s: not removing it", path, socketInUse(err))
 	}
-	return os.Remove(path)
+}
+
+// probeSocket connects to the unix socket at path without waiting and
+// returns the connect's error (nil: connected).
+func probeSocket(path string) error {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+}
+
+// socketInUse says why a socket file that did not refuse a connection is
+// left alone.
+func socketInUse(err error) string {
+	switch {
+	case err == nil:
+		return "another process is listening on it (is batv already running?)"
+	case errors.Is(err, unix.EAGAIN):
+		return "another process is listening on it, with a full backlog (is batv already running?)"
+	case errors.Is(err, unix.EPROTOTYPE):
+		return "another process has a socket of another type (datagram) bound to it"
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+		return "cannot tell whether it is in use (permission denied)"
+	}
+	return fmt.Sprintf("cannot tell whether it is in use (%v)", err)
 }
 
 func setSocketAccess(path string, s Socket) error {
