@@ -3,7 +3,9 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/batv/batv/batv"
@@ -156,13 +158,24 @@ func compile(cfg Config) (*Policy, []error) {
 	default:
 		p.verifier.Delimiter = v.Delimiter[0]
 	}
+	if s.SubAddress != "" && v.Delimiter != s.SubAddress && p.signer.SubAddress != 0 {
+		bad("verify.delimiter", "%q differs from sign.sub_address %q: bounces to the addresses signed here would not verify", v.Delimiter, s.SubAddress)
+	}
 	p.noExpiry = p.verifier
 	p.verifyDomains = p.signDomains
 	if len(v.Domains) > 0 {
 		p.verifyDomains = newDomainSet("verify.domains", v.Domains, bad)
 	}
 	p.exemptRcptsIn = newAddrSet("verify.exempt_recipients", append([]string{"postmaster", "abuse"}, v.ExemptRecipients...), bad)
+	for _, d := range slices.Sorted(maps.Keys(p.exemptRcptsIn.domains)) {
+		if p.verifyDomains.has(d) {
+			bad("verify.exempt_recipients", "%q is a protected domain: none of its bounces would be refused; "+
+				"leave it out of verify.domains (which is sign.domains when empty) instead", d)
+		}
+	}
 	p.exemptClients = parsePrefixes("verify.exempt_clients", v.ExemptClients, bad)
+	refuseEverything("sign.internal_networks", p.internal, "the mail of every client would be signed", bad)
+	refuseEverything("verify.exempt_clients", p.exemptClients, `no bounce would be refused (verify.untagged_bounce = "off" is the way to accept untagged ones)`, bad)
 	var ok bool
 	if p.untaggedBounce, ok = parseAction(v.UntaggedBounce, ActReject, ActTempfail, ActQuarantine, ActTag, ActOff); !ok {
 		bad("verify.untagged_bounce", "%q: want reject, tempfail, quarantine, tag or off", v.UntaggedBounce)
@@ -184,6 +197,16 @@ func compile(cfg Config) (*Policy, []error) {
 		bad("verify.status_header", "%q: not a header field name", v.StatusHeader)
 	}
 	return p, errs
+}
+
+// refuseEverything reports a network list that holds every address of a
+// family (0.0.0.0/0, ::/0): never what is meant.
+func refuseEverything(field string, list []netip.Prefix, why string, bad func(field, format string, args ...any)) {
+	for _, p := range list {
+		if p.Bits() == 0 {
+			bad(field, "%v holds every address: %s", p, why)
+		}
+	}
 }
 
 // Signer is the signer of outbound mail: the keys, lifetime and form

@@ -323,6 +323,65 @@ func TestNewPolicyReportsEveryError(t *testing.T) {
 	}
 }
 
+// TestConfigThatBreaksInProduction: settings that are valid one by one
+// but break mail together, or that cannot be what is meant, are errors,
+// each changed from a valid baseline; a valid neighbour of each is not.
+func TestConfigThatBreaksInProduction(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		mod  func(*Config)
+		want string // "" for a valid configuration
+	}{
+		{"baseline", func(*Config) {}, ""},
+		{"sub-address and delimiter agree", func(c *Config) { c.Sign.SubAddress, c.Verify.Delimiter = "-", "-" }, ""},
+		{"sub-address and delimiter differ", func(c *Config) { c.Sign.SubAddress = "-" },
+			`verify.delimiter: "+" differs from sign.sub_address "-"`},
+		{"sub-address without delimiter", func(c *Config) { c.Sign.SubAddress, c.Verify.Delimiter = "+", "" },
+			`verify.delimiter: "" differs from sign.sub_address "+"`},
+		{"an empty label", func(c *Config) { c.Sign.Domains = append(c.Sign.Domains, "example..com") },
+			`sign.domains: "example..com" is not a domain name`},
+		{"a label starting with a hyphen", func(c *Config) { c.Verify.Domains = []string{"-x.example.com"} },
+			`verify.domains: "-x.example.com" is not a domain name`},
+		{"a label of 64 bytes", func(c *Config) { c.Sign.Domains = []string{strings.Repeat("a", 64) + ".example"} },
+			"is not a domain name"},
+		{"an underscore", func(c *Config) { c.Sign.Domains = []string{"mail_out.example.com"} }, "is not a domain name"},
+		{"a trailing dot", func(c *Config) { c.Sign.Domains = []string{"example.com."} }, "without the trailing dot"},
+		{"a Unicode name", func(c *Config) { c.Sign.Domains = []string{"bücher.example"} },
+			`write the domain in its ASCII form, "xn--bcher-kva.example"`},
+		{"an A-label", func(c *Config) { c.Sign.Domains = []string{"xn--bcher-kva.example"} }, ""},
+		{"a bad A-label", func(c *Config) { c.Sign.Domains = []string{"xn--zz.example"} }, "is not a domain name"},
+		{"a bad exempt domain", func(c *Config) { c.Sign.ExemptRecipients = []string{"@lists..example.org"} },
+			`sign.exempt_recipients: "lists..example.org" is not a domain name`},
+		{"signing every client (IPv4)", func(c *Config) { c.Sign.InternalNetworks = []string{"0.0.0.0/0"} },
+			"sign.internal_networks: 0.0.0.0/0 holds every address"},
+		{"signing every client (IPv6)", func(c *Config) { c.Sign.InternalNetworks = []string{"::1", "::/0"} },
+			"sign.internal_networks: ::/0 holds every address"},
+		{"exempting every client", func(c *Config) { c.Verify.ExemptClients = []string{"0.0.0.0/0"} },
+			"verify.exempt_clients: 0.0.0.0/0 holds every address"},
+		{"a wide but partial network", func(c *Config) { c.Verify.ExemptClients = []string{"0.0.0.0/1", "10.0.0.0/8"} }, ""},
+		{"a protected domain exempt", func(c *Config) { c.Verify.ExemptRecipients = []string{"Example.NET"} },
+			`verify.exempt_recipients: "example.net" is a protected domain`},
+		{"a protected domain exempt with @", func(c *Config) { c.Verify.ExemptRecipients = []string{"@example.com"} },
+			`"example.com" is a protected domain`},
+		{"an exempt address in a protected domain", func(c *Config) { c.Verify.ExemptRecipients = []string{"lists@example.com"} }, ""},
+		{"another domain exempt", func(c *Config) { c.Verify.ExemptRecipients = []string{"example.org"} }, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig("example.com", "example.net")
+			tt.mod(&cfg)
+			err := cfg.Check()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("Check() = %v, want %q", err, tt.want)
+			case tt.want != "" && !errors.Is(err, ErrConfig):
+				t.Fatalf("%v does not match ErrConfig", err)
+			}
+		})
+	}
+}
+
 // TestTransactionStages: untagged bounces are refused at DATA, so that a
 // callout (MAIL FROM:<>, one RCPT, no DATA) gets 250; a transaction never
 // mixes recipients that will be delivered with untagged ones refused at

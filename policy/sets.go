@@ -1,8 +1,11 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
+
+	"golang.org/x/net/idna"
 )
 
 // domainSet is a set of lowercased domains.
@@ -15,8 +18,8 @@ func newDomainSet(field string, domains []string, bad func(field, format string,
 	s := domainSet{set: map[string]bool{}}
 	for _, d := range domains {
 		d = strings.ToLower(strings.TrimSpace(d))
-		if d == "" || strings.ContainsAny(d, "@ \t") {
-			bad(field, "%q is not a domain", d)
+		if err := checkDomain(d); err != nil {
+			bad(field, "%v", err)
 			continue
 		}
 		if !s.set[d] {
@@ -29,6 +32,29 @@ func newDomainSet(field string, domains []string, bad func(field, format string,
 
 func (s domainSet) has(domain string) bool {
 	return domain != "" && s.set[strings.ToLower(domain)]
+}
+
+// domainName is the profile a configured domain is checked with: the
+// IDNA rules of a name to look up, and the hostname syntax of DNS (letters,
+// digits and hyphens, labels of 1 to 63 bytes, 253 in all).
+var domainName = idna.New(idna.MapForLookup(), idna.VerifyDNSLength(true), idna.BidiRule(),
+	idna.StrictDomainName(true), idna.Transitional(false))
+
+// checkDomain checks a lowercased domain of the configuration. Addresses
+// reach batv with the ASCII form of their domain (an A-label,
+// "xn--bcher-kva.example"), so a Unicode name must be written in that form
+// to match them.
+func checkDomain(d string) error {
+	a, err := domainName.ToASCII(d)
+	switch {
+	case strings.HasSuffix(d, ".") && len(d) > 1:
+		return fmt.Errorf("%q: write the domain without the trailing dot", d)
+	case err != nil:
+		return fmt.Errorf("%q is not a domain name", d)
+	case a != d:
+		return fmt.Errorf("%q: write the domain in its ASCII form, %q, the form addresses carry", d, a)
+	}
+	return nil
 }
 
 // addrSet matches addresses by exact address, by domain ("example.com" or
@@ -46,12 +72,14 @@ func newAddrSet(field string, entries []string, bad func(field, format string, a
 		switch {
 		case e == "" || strings.ContainsAny(e, " \t<>"):
 			bad(field, "%q is not an address, domain or local part", e)
-		case at == 0:
-			s.domains[e[1:]] = true
+		case at == 0 || (at < 0 && strings.Contains(e, ".")):
+			d := strings.TrimPrefix(e, "@")
+			if err := checkDomain(d); err != nil {
+				bad(field, "%v", err)
+			}
+			s.domains[d] = true
 		case at > 0:
 			s.addrs[e] = true
-		case strings.Contains(e, "."):
-			s.domains[e] = true
 		default:
 			s.locals[e] = true
 		}

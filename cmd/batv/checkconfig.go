@@ -32,6 +32,9 @@ func checkConfigCommand() *cli.Command {
 				return cli.Exit(err.Error(), exitUsage)
 			}
 			name := nameOr(opts.ConfigPath, "(embedded default)")
+			for _, w := range checked.Warnings {
+				fmt.Fprintf(c.App.ErrWriter, "batv: warning: %s\n", w)
+			}
 			if checked.KeyringMissing {
 				fmt.Fprintf(c.App.Writer, "configuration %s is valid; keyring %s does not exist yet and batv milter will create it at start\n",
 					name, checked.Config.Keyring)

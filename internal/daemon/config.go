@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -307,24 +309,16 @@ func (c *Config) Check() []error {
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		add("log.level", "%v", err)
 	}
-	if c.Metrics.Listen != "" {
-		// Port 0 picks a free port, which the log then names.
-		_, port, err := net.SplitHostPort(c.Metrics.Listen)
-		if p, perr := strconv.Atoi(port); err != nil || perr != nil || p < 0 || p > 65535 {
-			add("metrics.listen", "%q: want host:port", c.Metrics.Listen)
-		}
-	}
 	if c.Limits.MaxConnections < 1 {
 		add("limits.max_connections", "%d: at least 1", c.Limits.MaxConnections)
 	}
 	if c.Limits.IdleTimeout < Duration(time.Minute) {
 		add("limits.idle_timeout", "%v is shorter than a minute, below Postfix's own timeouts", time.Duration(c.Limits.IdleTimeout))
 	}
-	if c.Limits.ShutdownTimeout <= 0 {
-		add("limits.shutdown_timeout", "must be positive")
+	if c.Limits.ShutdownTimeout < Duration(time.Second) {
+		add("limits.shutdown_timeout", "%v is too short for a message in flight to finish (at least 1s)", time.Duration(c.Limits.ShutdownTimeout))
 	}
 	names := map[string]bool{}
-	addrs := map[string]bool{}
 	for i, l := range c.Listeners {
 		key := fmt.Sprintf("listener[%d]", i)
 		if l.Name == "" {
@@ -333,29 +327,158 @@ func (c *Config) Check() []error {
 			add(key+".name", "%q is used twice", l.Name)
 		}
 		names[l.Name] = true
-		checkAddress(key+".address", l.Address, addrs, add)
 		checkSocket(key, l.Address, l.Socket, add)
 		if _, err := parseRoles(l.Roles); err != nil {
 			add(key+".roles", "%v", err)
 		}
 	}
 	if c.Socketmap != nil {
-		checkAddress("socketmap.address", c.Socketmap.Address, addrs, add)
 		checkSocket("socketmap", c.Socketmap.Address, c.Socketmap.Socket, add)
+	}
+	var seen []endpoint
+	for _, e := range c.endpoints() {
+		if e.err != nil {
+			add(e.key, "%v", e.err)
+			continue
+		}
+		for _, o := range seen {
+			if e.overlaps(o) {
+				add(e.key, "%q is the same socket as %s (%q)", e.addr, o.key, o.addr)
+				break
+			}
+		}
+		seen = append(seen, e)
 	}
 	return out
 }
 
-func checkAddress(key, addr string, seen map[string]bool, add func(string, string, ...any)) {
+// Warnings lists what is valid but exposes batv beyond Postfix: listeners
+// reachable from other hosts, and host names (batv listens on one of
+// their addresses only). check-config prints them, the daemon logs them at
+// start.
+func (c *Config) Warnings() []string {
+	var out []string
+	for _, e := range c.endpoints() {
+		if e.err != nil || e.network != "tcp" {
+			continue
+		}
+		what := "a milter or lookup listener"
+		if e.key == "metrics.listen" {
+			what = "the metrics endpoint"
+		}
+		switch {
+		case e.host == "":
+			out = append(out, fmt.Sprintf("%s: %q listens on every interface: every host that reaches this one can talk to %s", e.key, e.addr, what))
+		case !e.ip.IsValid():
+			out = append(out, fmt.Sprintf("%s: %q is a host name: batv listens on the first address it resolves to; give the address", e.key, e.addr))
+		case !e.ip.IsLoopback():
+			out = append(out, fmt.Sprintf("%s: %q is not a loopback address: other hosts can talk to %s", e.key, e.addr, what))
+		}
+	}
+	return out
+}
+
+// endpoint is where a listener listens, for comparing listeners.
+type endpoint struct {
+	key, addr string
+	err       error
+	network   string
+	path      string     // a unix socket's path, cleaned
+	host      string     // "" for every interface; lowercased
+	ip        netip.Addr // the host's address, if it is one
+	port      int
+}
+
+// endpoints are the addresses of the listeners, the socketmap and the
+// metrics endpoint.
+func (c *Config) endpoints() []endpoint {
+	var out []endpoint
+	for i, l := range c.Listeners {
+		out = append(out, newEndpoint(fmt.Sprintf("listener[%d].address", i), l.Address))
+	}
+	if c.Socketmap != nil {
+		out = append(out, newEndpoint("socketmap.address", c.Socketmap.Address))
+	}
+	if c.Metrics.Listen != "" {
+		e := endpoint{key: "metrics.listen", addr: c.Metrics.Listen, network: "tcp"}
+		host, port, err := net.SplitHostPort(c.Metrics.Listen)
+		p, perr := strconv.Atoi(port)
+		if err != nil || perr != nil || p < 0 || p > 65535 {
+			// Port 0 picks a free port, which the log then names.
+			e.err = fmt.Errorf("%q: want host:port", c.Metrics.Listen)
+		}
+		e.setHost(host, p)
+		out = append(out, e)
+	}
+	return out
+}
+
+func newEndpoint(key, addr string) endpoint {
+	e := endpoint{key: key, addr: addr}
 	network, where, err := ParseAddress(addr)
-	if err != nil {
-		add(key, "%v", err)
-		return
+	e.network, e.err = network, err
+	switch {
+	case err != nil:
+	case network == "unix":
+		e.path = filepath.Clean(where)
+	default:
+		host, port, _ := splitHostPort(where)
+		e.setHost(host, port)
 	}
-	if seen[network+" "+where] {
-		add(key, "%q is used twice", addr)
+	return e
+}
+
+// setHost takes the host as Go's net.Listen does: "" and an unspecified
+// address (0.0.0.0 too) are every interface, of both families; localhost
+// is 127.0.0.1.
+func (e *endpoint) setHost(host string, port int) {
+	e.port = port
+	e.host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if e.host == "localhost" {
+		e.host = "127.0.0.1"
 	}
-	seen[network+" "+where] = true
+	if a, err := netip.ParseAddr(e.host); err == nil {
+		e.ip = a.Unmap()
+		e.host = e.ip.String()
+		if e.ip.IsUnspecified() {
+			e.host = ""
+		}
+	}
+}
+
+// overlaps reports whether two endpoints cannot both be listened on: the
+// same socket file, or the same port where one of them takes every
+// interface. Port 0 (a free port) overlaps nothing.
+func (e endpoint) overlaps(o endpoint) bool {
+	if e.network != o.network {
+		return false
+	}
+	if e.network == "unix" {
+		return e.path == o.path
+	}
+	return e.port != 0 && e.port == o.port && (e.host == o.host || e.host == "" || o.host == "")
+}
+
+// checkSocketDirs reports the unix sockets whose directory does not
+// exist: the daemon could not create them. It looks at the file system,
+// so it is made at start and by check-config, not on reload (the
+// listeners of a reload wait for the next start).
+func (c *Config) checkSocketDirs() []error {
+	var out []error
+	for _, e := range c.endpoints() {
+		if e.err != nil || e.network != "unix" {
+			continue
+		}
+		dir := filepath.Dir(e.path)
+		fi, err := os.Stat(dir)
+		switch {
+		case err != nil:
+			out = append(out, problem{e.key, fmt.Sprintf("the socket's directory: %v", err)})
+		case !fi.IsDir():
+			out = append(out, problem{e.key, fmt.Sprintf("the socket's directory %s is not a directory", dir)})
+		}
+	}
+	return out
 }
 
 func checkSocket(key, addr string, s Socket, add func(string, string, ...any)) {

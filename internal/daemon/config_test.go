@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -85,7 +86,17 @@ func TestConfigMistakes(t *testing.T) {
 		{"relative socket", `"unix:/var/spool/postfix/batv/milter.sock"`, `"unix:batv/milter.sock"`, `batv.toml:13: listener[0].address: "unix:batv/milter.sock": a unix socket path must be absolute`},
 		{"address scheme", `"inet:127.0.0.1:8891"`, `"tcp:127.0.0.1:8891"`, `batv.toml:19: listener[1].address`},
 		{"duplicate name", `name = "submission"`, `name = "mx"`, `batv.toml:18: listener[1].name: "mx" is used twice`},
-		{"duplicate address", `"inet:127.0.0.1:8891"`, `"unix:/var/spool/postfix/batv/milter.sock"`, `listener[1].address: "unix:/var/spool/postfix/batv/milter.sock" is used twice`},
+		{"duplicate address", `"inet:127.0.0.1:8891"`, `"unix:/var/spool/postfix/batv/milter.sock"`, `batv.toml:19: listener[1].address: "unix:/var/spool/postfix/batv/milter.sock" is the same socket as listener[0].address ("unix:/var/spool/postfix/batv/milter.sock")`},
+		{"same listener as localhost", `"unix:/var/spool/postfix/batv/socketmap.sock"`, `"inet:LocalHost.:8891"`, `batv.toml:22: socketmap.address: "inet:LocalHost.:8891" is the same socket as listener[1].address ("inet:127.0.0.1:8891")`},
+		{"same socket with //", `"unix:/var/spool/postfix/batv/socketmap.sock"`, `"unix:/var/spool/postfix//batv/./milter.sock"`, `socketmap.address: "unix:/var/spool/postfix//batv/./milter.sock" is the same socket as listener[0].address`},
+		{"every interface takes the port", `"unix:/var/spool/postfix/batv/socketmap.sock"`, `"inet::9466"`, `batv.toml:6: metrics.listen: "127.0.0.1:9466" is the same socket as socketmap.address ("inet::9466")`},
+		{"mapped IPv4", `listen = "127.0.0.1:9466"`, `listen = "[::ffff:127.0.0.1]:8891"`, `metrics.listen: "[::ffff:127.0.0.1]:8891" is the same socket as listener[1].address`},
+		{"short shutdown", `shutdown_timeout = "10s"`, `shutdown_timeout = "1ns"`, `batv.toml:10: limits.shutdown_timeout: 1ns is too short`},
+		{"delimiter", `lifetime = 5`, "lifetime = 5\nsub_address = \"-\"", `verify.delimiter: "+" differs from sign.sub_address "-"`},
+		{"empty label", `"example.net"]`, `"example..net"]`, `sign.domains: "example..net" is not a domain name`},
+		{"every network", `"2001:db8::/32"`, `"::/0"`, `sign.internal_networks: ::/0 holds every address`},
+		{"every client", `"198.51.100.0/24"`, `"0.0.0.0/0"`, `verify.exempt_clients: 0.0.0.0/0 holds every address`},
+		{"protected domain exempt", `exempt_clients =`, "exempt_recipients = [\"example.net\"]\nexempt_clients =", `verify.exempt_recipients: "example.net" is a protected domain`},
 		{"role", `roles = ["outbound"]`, `roles = ["sideways"]`, `batv.toml:20: listener[1].roles: "sideways"`},
 		{"no role", `roles = ["outbound"]`, `roles = []`, `listener[1].roles: at least one`},
 		{"world socket", `socket_mode = "0660"`, `socket_mode = "0666"`, `batv.toml:16: listener[0].socket_mode: "0666" lets every local user`},
@@ -170,5 +181,20 @@ func TestPolicyFields(t *testing.T) {
 	if p.Verify.ClockSkew != time.Minute || len(p.Sign.ExemptSenders) != 1 || p.Sign.Domains[0] != "example.com" ||
 		p.Verify.UntaggedBounce != "reject" {
 		t.Fatalf("policy configuration %+v", p)
+	}
+}
+
+// TestWarningsLoggedAtStart: what check-config prints as a warning the
+// daemon logs at start, at level WARN.
+func TestWarningsLoggedAtStart(t *testing.T) {
+	td := startTestDaemon(t)
+	stop, done := make(chan struct{}, 2), make(chan error, 1)
+	cfg := strings.Replace(fmt.Sprintf(testConfig, td.keyring, td.sock+"2", "", ""), `listen = "127.0.0.1:0"`, `listen = ":0"`, 1)
+	td.writeConfig(cfg)
+	var log syncBuffer
+	runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &log}, stop, done)
+	want := `level=WARN msg="configuration: metrics.listen: \":0\" listens on every interface: every host that reaches this one can talk to the metrics endpoint"`
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("no %s in the log:\n%s", want, log.String())
 	}
 }

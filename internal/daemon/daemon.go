@@ -95,7 +95,16 @@ func Run(opts Options) error {
 	if err != nil {
 		return err
 	}
+	// A missing socket directory is not a configuration error here:
+	// another unit may create it, so a restart may help (check-config
+	// reports it as one).
+	if err := errors.Join(cfg.checkSocketDirs()...); err != nil {
+		return err
+	}
 	d.setLogger(cfg)
+	for _, w := range cfg.Warnings() {
+		d.log.Warn("configuration: " + w)
+	}
 
 	if err := d.openKeyring(cfg); err != nil {
 		return err
@@ -151,8 +160,8 @@ func (d *Daemon) now() time.Time {
 	return time.Now()
 }
 
-// loadConfig reads the file (or takes the embedded default) and applies
-// the command-line overrides.
+// loadConfig reads the file (or takes the embedded default), applies the
+// command-line overrides and checks the result.
 func (d *Daemon) loadConfig() (*Config, error) {
 	var cfg *Config
 	if d.opts.ConfigPath == "" {
@@ -174,7 +183,13 @@ func (d *Daemon) loadConfig() (*Config, error) {
 	if d.opts.Keyring != "" {
 		cfg.Keyring = d.opts.Keyring
 	}
-	if problems := cfg.Check(); len(problems) > 0 {
+	// The file was checked as it was read; what the command line added is
+	// checked here, with the rest, before anything is created.
+	problems := cfg.Check()
+	if err := cfg.Policy().Check(); err != nil {
+		problems = append(problems, unjoin(err)...)
+	}
+	if len(problems) > 0 {
 		ce := &ConfigError{}
 		for _, p := range problems {
 			ce.Problems = append(ce.Problems, p.Error())
@@ -635,6 +650,9 @@ type Checked struct {
 	// configuration has the daemon create it at start (create_keyring):
 	// Keyring is then a throwaway one, made only to build the policy.
 	KeyringMissing bool
+	// Warnings are what the daemon would log as warnings at start
+	// (Config.Warnings).
+	Warnings []string
 }
 
 // Check does everything Run does before it listens: it reads and checks
@@ -649,7 +667,10 @@ func Check(opts Options) (*Checked, error) {
 	if err != nil {
 		return nil, err
 	}
-	ch := &Checked{Config: cfg}
+	if dirs := cfg.checkSocketDirs(); len(dirs) > 0 {
+		return nil, &ConfigError{Problems: problemTexts(errors.Join(dirs...))}
+	}
+	ch := &Checked{Config: cfg, Warnings: cfg.Warnings()}
 	ch.Keyring, err = keyring.File{Path: cfg.Keyring}.Load()
 	if errors.Is(err, fs.ErrNotExist) && cfg.CreateKeyring {
 		opts := keyring.DefaultOptions()

@@ -118,8 +118,9 @@ none does. It has no authentication.`,
 			{
 				key: `listen`,
 				doc: `The HOST:PORT to listen on; empty switches the endpoint off. Keep it on
-loopback or a management network: ":8893" listens on every interface.
-Needs a restart to change.`,
+loopback or a management network: ":8893" listens on every interface, and
+batv warns at start (and "check-config" prints a warning) for every
+interface, a non-loopback address or a host name. Needs a restart to change.`,
 				default_: `"" (off)`,
 				example:  `listen = "127.0.0.1:8893"`,
 				value:    `""`,
@@ -158,8 +159,8 @@ keep this above Postfix's smtpd_timeout (300s).`,
 				doc: `How long messages in flight may take to finish when batv stops (SIGTERM,
 "systemctl stop"). Connections between messages are closed at once; those
 still in a message when the time is up are closed, and the MTA applies its
-milter default action to the message. A second SIGTERM stops at once. Keep
-it below systemd's TimeoutStopSec (90s by default).`,
+milter default action to the message. A second SIGTERM stops at once. At
+least "1s". Keep it below systemd's TimeoutStopSec (90s by default).`,
 				default_: `"30s"`,
 				example:  `shutdown_timeout = "60s"`,
 				value:    `"30s"`,
@@ -180,12 +181,21 @@ postfix, mode 0750; the shipped tmpfiles.d snippet creates it). A chrooted
 Postfix (Debian chroots smtpd and cleanup by default) sees only the queue
 directory, and Postfix works in it whether chrooted or not, so main.cf names
 the socket relative to it: smtpd_milters = unix:batv/milter.sock. The
-directory must exist before batv starts; batv creates the socket in it,
-removes a socket a dead process left behind, and refuses to start if another
-process answers on it.
+directory must exist before batv starts ("check-config" reports it missing);
+batv creates the socket in it, removes a socket file only when a connection
+to it is refused (a dead process left it behind), and refuses to start if
+anything else answers: a live listener, one with a full backlog, a datagram
+socket, or an answer it cannot read (no permission).
 
 An inet listener has no access control: anyone who can connect can have
-addresses signed. Keep inet listeners on loopback.
+addresses signed. Keep inet listeners on loopback: batv warns at start (and
+"check-config" prints a warning) for a listener on every interface
+("inet:0.0.0.0:8891", "inet::8891", "inet:[::]:8891"), on a non-loopback
+address or on a host name. Two listeners (or the socketmap, or [metrics]
+listen) on the same socket are an error however they are written:
+"inet:localhost:8891" is "inet:127.0.0.1:8891", a port on every interface
+takes that port on every address, and "unix:/run//batv/./m.sock" is
+"unix:/run/batv/m.sock".
 
 Two listeners split the roles, for instance a submission-only milter for
 the submission service and a verifying milter for the MX:
@@ -307,7 +317,10 @@ once tagged).`,
 			{
 				key: `domains`,
 				doc: `The sender domains to sign, matched exactly and without regard to case;
-subdomains are not included. The --domain option of "batv milter" adds to
+subdomains are not included. Each must be a host name (letters, digits and
+hyphens; labels of 1 to 63 characters), without a trailing dot, and an
+internationalised name in its ASCII form ("xn--bcher-kva.example", not
+"bücher.example"), the form addresses carry. The --domain option of "batv milter" adds to
 this list. Sign only domains whose MX hosts run batv (or another BATV
 verifier with the same keys) with the Postfix lookup tables: elsewhere
 bounces and replies to tagged addresses are refused as unknown users.`,
@@ -328,7 +341,7 @@ batv refuses the configuration.`,
 			},
 			{
 				key:      `sub_address`,
-				doc:      "Sign in the sub-address form, user+prvs=KDDDSSSSSS@example.com, with this one\ncharacter as the delimiter, one of + - _ . ! # $ % & ' * ? ^ ` { | } ~. For\nMTAs that cannot be taught tagged addresses but deliver user+anything to\nuser, such as Sendmail (docs/sendmail.md). Empty means the standard form,\nwhich is prvs=KDDDSSSSSS=user@example.com.",
+				doc:      "Sign in the sub-address form, user+prvs=KDDDSSSSSS@example.com, with this one\ncharacter as the delimiter, one of + - _ . ! # $ % & ' * ? ^ ` { | } ~. For\nMTAs that cannot be taught tagged addresses but deliver user+anything to\nuser, such as Sendmail (docs/sendmail.md). [verify] delimiter must be the\nsame character, or the bounces to these addresses would not verify (an\nerror). Empty means the standard form: prvs=KDDDSSSSSS=user@example.com.",
 				default_: `"" (the standard form)`,
 				example:  `sub_address = "+"`,
 				value:    `""`,
@@ -337,7 +350,8 @@ batv refuses the configuration.`,
 				key: `internal_networks`,
 				doc: `Client networks (CIDR) or single addresses whose mail is ours to sign
 without SMTP AUTH: relays and servers of your own that submit mail. List
-only networks no stranger's mail comes from. The list replaces the default.`,
+only networks no stranger's mail comes from. The list replaces the default.
+A network of every address (0.0.0.0/0, ::/0) is an error.`,
 				default_: `["127.0.0.0/8", "::1/128"]`,
 				example:  `internal_networks = ["127.0.0.0/8", "::1/128", "192.0.2.0/24", "2001:db8::/32"]`,
 				value:    `["127.0.0.0/8", "::1/128"]`,
@@ -456,7 +470,8 @@ the date near midnight. "0s" to "12h".`,
 				key: `delimiter`,
 				doc: `The sub-address delimiter of tags in the sub-address form
 (user+prvs=KDDDSSSSSS@example.com), recognised when verifying and by the
-lookup service. One character from the list of [sign] sub_address.`,
+lookup service. One character from the list of [sign] sub_address; the
+same as [sign] sub_address when that is set.`,
 				default_: `"+"`,
 				example:  `delimiter = "-"`,
 				value:    `"+"`,
@@ -515,7 +530,9 @@ unless those see the untagged address too (docs/postfix.md).`,
 local parts, as for [sign] exempt_senders ("hostmaster" exempts
 hostmaster@ of every verified domain). A bounce to an exempt recipient with
 a tag that does not verify is delivered to the untagged address and marked.
-postmaster and abuse are always exempt, in addition to this list.`,
+postmaster and abuse are always exempt, in addition to this list. A
+verified domain itself is an error here: leave it out of [verify] domains
+instead.`,
 				default_: `[] (postmaster and abuse only)`,
 				example:  `exempt_recipients = ["hostmaster", "dmarc-reports@example.com"]`,
 				value:    `[]`,
@@ -524,7 +541,9 @@ postmaster and abuse are always exempt, in addition to this list.`,
 				key: `exempt_clients`,
 				doc: `Client networks (CIDR) or addresses whose bounces are never refused: your
 own relays and secondary MX hosts that do not verify, and partners that
-send legitimate bounces to untagged addresses.`,
+send legitimate bounces to untagged addresses. A network of every address
+(0.0.0.0/0, ::/0) is an error: untagged_bounce = "off" is the way to accept
+untagged bounces.`,
 				default_: `[] (none)`,
 				example:  `exempt_clients = ["192.0.2.25", "2001:db8:25::/64"]`,
 				value:    `[]`,
