@@ -67,9 +67,7 @@ type Listener struct {
 	draining bool
 	lastID   atomic.Uint64
 	wg       sync.WaitGroup
-	// Refusals since the last log line, and when that line was written.
-	refused       int
-	refusedLogged time.Time
+	refusals Summary
 }
 
 // New wraps ln.
@@ -84,7 +82,7 @@ func New(ln net.Listener, opts Options) *Listener {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Listener{ln: ln, opts: opts, log: log, conns: map[*Conn]struct{}{}}
+	return &Listener{ln: ln, opts: opts, log: log, conns: map[*Conn]struct{}{}, refusals: Summary{Every: RefusalLogEvery}}
 }
 
 // ErrClosed is returned by Serve after Shutdown.
@@ -130,11 +128,7 @@ func (l *Listener) track(nc net.Conn) *Conn {
 		draining := l.draining
 		refused, logNow := 0, false
 		if !draining {
-			l.refused++
-			if now := time.Now(); now.Sub(l.refusedLogged) >= RefusalLogEvery {
-				refused, logNow = l.refused, true
-				l.refusedLogged, l.refused = now, 0
-			}
+			refused, logNow = l.refusals.Add(time.Now())
 		}
 		l.mu.Unlock()
 		nc.Close()
@@ -147,7 +141,7 @@ func (l *Listener) track(nc net.Conn) *Conn {
 		}
 		return nil
 	}
-	c := &Conn{Conn: nc, l: l, id: l.lastID.Add(1)}
+	c := &Conn{Conn: nc, l: l, id: l.lastID.Add(1), stop: make(chan struct{})}
 	c.log = l.log.With("listener", l.opts.Name, "conn", c.id)
 	l.conns[c] = struct{}{}
 	l.wg.Add(1)
@@ -228,6 +222,7 @@ type Conn struct {
 	busy     bool // inside a unit of work
 	reading  bool // blocked in Read for the peer
 	draining bool
+	stop     chan struct{} // closed when the listener drains
 	end      string
 	closed   bool
 }
@@ -245,6 +240,20 @@ func (c *Conn) Busy(busy bool) {
 	c.mu.Lock()
 	c.busy = busy
 	c.mu.Unlock()
+}
+
+// Pause waits d, or less if the listener shuts down meanwhile, and
+// reports whether it waited the whole time: a front end slows a peer down
+// with it without holding up a shutdown.
+func (c *Conn) Pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.stop:
+		return false
+	}
 }
 
 // Read reads from the peer, waiting at most the idle timeout.
@@ -312,6 +321,9 @@ func (c *Conn) setEnd(how string) bool {
 // between units of work. The listener's lock is held.
 func (c *Conn) drain() {
 	c.mu.Lock()
+	if !c.draining {
+		close(c.stop)
+	}
 	c.draining = true
 	idle := c.reading && !c.busy
 	c.mu.Unlock()
