@@ -25,10 +25,13 @@ func milterCommand() *cli.Command {
 		Usage: "run the milter daemon (signing, verification and the Postfix lookup service)",
 		UsageText: "batv milter [--config FILE] [--domain DOMAIN]... [--keyring PATH]\n\n" +
 			"Serves the outbound and inbound milters and the socketmap lookup service.\n" +
-			"Without --config it is a trial run on the embedded default: milter on inet:127.0.0.1:8891,\n" +
-			"socketmap on inet:127.0.0.1:8892, signing and verifying the --domain list, and the\n" +
-			"trial keyring " + trialKeyringName + "\n" +
+			"Without --config it is a trial run on the embedded default: a milter that verifies\n" +
+			"(inbound only) on inet:127.0.0.1:8891, socketmap on inet:127.0.0.1:8892, the --domain\n" +
+			"list, and the trial keyring " + trialKeyringName + "\n" +
 			"(created with one signing key if missing), never the daemon's " + keyring.DefaultPath + ".\n" +
+			"It does not sign through the milter: every local user can reach a TCP socket, and\n" +
+			"the milter signs for whoever claims SMTP AUTH; sign by hand with batv sign, or give\n" +
+			"a configuration file with a unix socket for the outbound role (docs/postfix.md).\n" +
 			"SIGHUP reloads the configuration and keyring (the keyring is also reloaded when\n" +
 			"its file changes); SIGTERM or SIGINT finishes messages in flight and exits, a\n" +
 			"second one exits at once.\n\n" +
@@ -48,7 +51,8 @@ func milterCommand() *cli.Command {
 			if opts.ConfigPath == "" {
 				fmt.Fprintf(c.App.ErrWriter, "batv: a trial run on the embedded configuration (no --config): keyring %s "+
 					"(created if missing; batv sign, verify and explain without --config use it too), "+
-					"milter on %s, lookup tables on %s. A site's daemon runs with --config, as the Debian package's unit does.\n",
+					"milter on %s verifying only (signing through a TCP socket would sign for every local user: use batv sign, "+
+					"or --config with a unix socket), lookup tables on %s. A site's daemon runs with --config, as the Debian package's unit does.\n",
 					opts.Keyring, daemon.DefaultMilterAddress, daemon.DefaultSocketmapAddress)
 			}
 			reload := make(chan struct{}, 1)

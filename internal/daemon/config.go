@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"golang.org/x/sys/unix"
 
 	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/keyring"
@@ -189,7 +190,9 @@ const (
 
 // DefaultConfig is the embedded configuration: loopback listeners, the
 // keyring in its default place (created on first start), the policy
-// defaults, and the given domains signed and verified.
+// defaults, and the given domains signed and verified. Its milter only
+// verifies: every local user can reach a TCP listener, and a milter that
+// signs signs for whoever claims SMTP AUTH.
 func DefaultConfig(domains ...string) Config {
 	c := Config{
 		Keyring:       keyring.DefaultPath,
@@ -201,7 +204,7 @@ func DefaultConfig(domains ...string) Config {
 			IdleTimeout:     Duration(serve.DefaultIdleTimeout),
 			ShutdownTimeout: Duration(DefaultShutdownTimeout),
 		},
-		Listeners: []Listener{{Name: "milter", Address: DefaultMilterAddress, Roles: []string{"outbound", "inbound"},
+		Listeners: []Listener{{Name: "milter", Address: DefaultMilterAddress, Roles: []string{"inbound"},
 			Socket: Socket{Mode: "0660"}}},
 		Socketmap: &SocketmapConf{Address: DefaultSocketmapAddress, Socket: Socket{Mode: "0660"}},
 	}
@@ -367,6 +370,9 @@ func (c *Config) Warnings() []string {
 			what = "the metrics endpoint"
 		}
 		switch {
+		case e.outbound && e.host != "" && e.ip.IsLoopback():
+			out = append(out, fmt.Sprintf("%s: %q signs (role outbound) on TCP: every local user can connect, claim SMTP AUTH and have addresses signed; "+
+				"a unix socket with socket_group keeps it to the MTA", e.key, e.addr))
 		case e.host == "":
 			out = append(out, fmt.Sprintf("%s: %q listens on every interface: every host that reaches this one can talk to %s", e.key, e.addr, what))
 		case !e.ip.IsValid():
@@ -387,6 +393,7 @@ type endpoint struct {
 	host      string     // "" for every interface; lowercased
 	ip        netip.Addr // the host's address, if it is one
 	port      int
+	outbound  bool // a milter listener that signs
 }
 
 // endpoints are the addresses of the listeners, the socketmap and the
@@ -394,7 +401,9 @@ type endpoint struct {
 func (c *Config) endpoints() []endpoint {
 	var out []endpoint
 	for i, l := range c.Listeners {
-		out = append(out, newEndpoint(fmt.Sprintf("listener[%d].address", i), l.Address))
+		e := newEndpoint(fmt.Sprintf("listener[%d].address", i), l.Address)
+		e.outbound = slices.Contains(l.Roles, "outbound")
+		out = append(out, e)
 	}
 	if c.Socketmap != nil {
 		out = append(out, newEndpoint("socketmap.address", c.Socketmap.Address))
@@ -457,6 +466,58 @@ func (e endpoint) overlaps(o endpoint) bool {
 		return e.path == o.path
 	}
 	return e.port != 0 && e.port == o.port && (e.host == o.host || e.host == "" || o.host == "")
+}
+
+// descriptorReserve is what batv needs beside its connections: its
+// listening sockets, the keyring and configuration files, the log, the
+// runtime's poller, /proc for the process metrics, and a connection
+// accepted only to be refused at a listener's limit.
+const descriptorReserve = 64
+
+// descriptors is the number of file descriptors the configuration lets
+// batv hold at once: every listener's limits.max_connections, the metrics
+// endpoint's limit and the reserve. When the process may open that many,
+// no listener can take the descriptors another needs: a flood of lookup
+// or metrics connections cannot stop the milter from accepting.
+func (c *Config) descriptors() (n int, why string) {
+	listeners, metrics := 0, 0
+	for _, e := range c.endpoints() {
+		if e.key == "metrics.listen" {
+			metrics = metricsMaxConns
+		} else {
+			listeners++
+		}
+	}
+	n = listeners*c.Limits.MaxConnections + metrics + descriptorReserve
+	return n, fmt.Sprintf("%d listeners × limits.max_connections %d, %d for the metrics endpoint, %d reserved",
+		listeners, c.Limits.MaxConnections, metrics, descriptorReserve)
+}
+
+// checkDescriptors reports a descriptor limit (RLIMIT_NOFILE) below what
+// the configuration needs, after raising the soft limit as far as the
+// hard one allows. (Go raises it at start; a seccomp filter that refuses
+// setrlimit, as the shipped unit's does, leaves what systemd set:
+// LimitNOFILE.)
+// It returns what is needed and the limit.
+func (c *Config) checkDescriptors() (int, uint64, error) {
+	need, why := c.descriptors()
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return need, 0, fmt.Errorf("reading the descriptor limit: %w", err)
+	}
+	if lim.Cur < uint64(need) && lim.Max > lim.Cur {
+		raised := lim
+		raised.Cur = min(lim.Max, uint64(need))
+		if unix.Setrlimit(unix.RLIMIT_NOFILE, &raised) == nil {
+			lim = raised
+		}
+	}
+	if lim.Cur >= uint64(need) {
+		return need, lim.Cur, nil
+	}
+	return need, lim.Cur, problem{"limits.max_connections", fmt.Sprintf("batv may need %d file descriptors (%s), but may open only %d "+
+		"(RLIMIT_NOFILE, hard limit %d): lower max_connections, or raise the limit (LimitNOFILE= in the systemd unit, ulimit -n)",
+		need, why, lim.Cur, lim.Max)}
 }
 
 // checkSocketDirs reports the unix sockets whose directory does not

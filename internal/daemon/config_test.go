@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +197,25 @@ func TestWarningsLoggedAtStart(t *testing.T) {
 	want := `level=WARN msg="configuration: metrics.listen: \":0\" listens on every interface: every host that reaches this one can talk to the metrics endpoint"`
 	if !strings.Contains(log.String(), want) {
 		t.Fatalf("no %s in the log:\n%s", want, log.String())
+	}
+}
+
+// TestEmbeddedDefaultDoesNotSignOnTCP: the embedded default's milter
+// listens on TCP, which every local user can reach, so it only verifies;
+// a file that signs on TCP gets a warning.
+func TestEmbeddedDefaultDoesNotSignOnTCP(t *testing.T) {
+	cfg := DefaultConfig("example.com")
+	for _, l := range cfg.Listeners {
+		if network, _, _ := ParseAddress(l.Address); network == "tcp" && slices.Contains(l.Roles, "outbound") {
+			t.Errorf("the embedded default signs on %s", l.Address)
+		}
+	}
+	if w := cfg.Warnings(); len(w) != 0 {
+		t.Errorf("the embedded default has warnings: %q", w)
+	}
+	cfg.Listeners[0].Roles = []string{"outbound", "inbound"}
+	want := `listener[0].address: "inet:127.0.0.1:8891" signs (role outbound) on TCP: every local user can connect`
+	if w := cfg.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], want) {
+		t.Errorf("warnings %q, want %q", w, want)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sys/unix"
 
 	"github.com/batv/batv/internal/metrics"
@@ -95,6 +96,10 @@ func Run(opts Options) error {
 	if err != nil {
 		return err
 	}
+	fdNeed, fdLimit, err := cfg.checkDescriptors()
+	if err != nil {
+		return &ConfigError{Problems: []string{err.Error()}}
+	}
 	// A missing socket directory is not a configuration error here:
 	// another unit may create it, so a restart may help (check-config
 	// reports it as one).
@@ -128,7 +133,7 @@ func Run(opts Options) error {
 	}
 	go d.keys.Run(ctx, time.Duration(cfg.KeyringPoll))
 	d.log.Info("batv started", "version", opts.Version, "config", d.configName(), "keyring", cfg.Keyring,
-		"listeners", len(cfg.Listeners), "socketmap", cfg.Socketmap != nil,
+		"listeners", len(cfg.Listeners), "socketmap", cfg.Socketmap != nil, "descriptors_needed", fdNeed, "descriptor_limit", fdLimit,
 		"grace_until", st.policy.GraceUntil().UTC().Format(time.RFC3339))
 	d.logKeyring()
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
@@ -408,7 +413,8 @@ func (d *Daemon) listen(cfg *Config, mm *metrics.Metrics) error {
 		if err != nil {
 			return err
 		}
-		run(l, "socketmap", func(c *serve.Conn) { socketmap.ServeConn(c, d.lookup(mm)) })
+		guard := newLookupGuard(d.log, mm)
+		run(l, "socketmap", func(c *serve.Conn) { socketmap.ServeConn(c, d.lookup(guard, c)) })
 		d.log.Info("listening", "listener", "socketmap", "address", sm.Address)
 	}
 	if cfg.Metrics.Listen != "" {
@@ -419,28 +425,6 @@ func (d *Daemon) listen(cfg *Config, mm *metrics.Metrics) error {
 	return nil
 }
 
-// lookup answers Postfix's socketmap queries with the current policy.
-func (d *Daemon) lookup(mm *metrics.Metrics) socketmap.HandlerFunc {
-	return func(name, key string) socketmap.Reply {
-		table, known := policy.ParseTable(name)
-		if !known {
-			// The map name comes from the client: count an unknown one
-			// under one label, so bogus names cannot grow the metrics.
-			mm.Lookup("unknown", "error")
-			d.log.Warn("socketmap lookup refused: unknown table", "map", name)
-			return socketmap.Perm(fmt.Sprintf("unknown lookup table %q (want untag or strip)", name))
-		}
-		v, ok := d.state.Load().policy.Lookup(table, key, d.now())
-		if ok {
-			mm.Lookup(name, "found")
-			d.log.Debug("socketmap lookup", "map", name, "key", key, "value", v)
-			return socketmap.OK(v)
-		}
-		mm.Lookup(name, "notfound")
-		return socketmap.NotFound()
-	}
-}
-
 func (d *Daemon) serveMetrics(addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -449,13 +433,24 @@ func (d *Daemon) serveMetrics(addr string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", d.health)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: metricsTimeout, ReadTimeout: metricsTimeout,
+		WriteTimeout: metricsTimeout, IdleTimeout: metricsIdleTimeout, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
 	d.closers = append(d.closers, func() { srv.Close() })
-	go srv.Serve(ln)
+	// Connections over the limit wait in the kernel's queue, holding no
+	// descriptor of batv's.
+	go srv.Serve(netutil.LimitListener(ln, metricsMaxConns))
 	d.metricsAddr = ln.Addr().String()
 	d.log.Info("metrics listening", "address", d.metricsAddr)
 	return nil
 }
+
+// The metrics endpoint's limits: a scraper needs one connection, and
+// keeps it open between scrapes (every 15 s to 1 min).
+const (
+	metricsMaxConns    = 16
+	metricsTimeout     = 10 * time.Second
+	metricsIdleTimeout = 2 * time.Minute
+)
 
 // MetricsAddr is the address the metrics endpoint listens on, or "".
 func (d *Daemon) MetricsAddr() string { return d.metricsAddr }
@@ -667,8 +662,12 @@ func Check(opts Options) (*Checked, error) {
 	if err != nil {
 		return nil, err
 	}
-	if dirs := cfg.checkSocketDirs(); len(dirs) > 0 {
-		return nil, &ConfigError{Problems: problemTexts(errors.Join(dirs...))}
+	host := cfg.checkSocketDirs()
+	if _, _, err := cfg.checkDescriptors(); err != nil {
+		host = append(host, err)
+	}
+	if len(host) > 0 {
+		return nil, &ConfigError{Problems: problemTexts(errors.Join(host...))}
 	}
 	ch := &Checked{Config: cfg, Warnings: cfg.Warnings()}
 	ch.Keyring, err = keyring.File{Path: cfg.Keyring}.Load()

@@ -23,8 +23,9 @@ const referenceHeader = `# batv.toml: the configuration file of the batv milter 
 # date-times such as 2025-06-01T00:00:00Z.
 #
 # Without any configuration file, "batv milter --domain example.com" is a
-# trial run on an embedded default: a milter on inet:127.0.0.1:8891, the
-# lookup service on inet:127.0.0.1:8892, create_keyring = true, and the trial
+# trial run on an embedded default: a milter that only verifies (role
+# inbound) on inet:127.0.0.1:8891, the lookup service on
+# inet:127.0.0.1:8892, create_keyring = true, and the trial
 # keyring $XDG_STATE_HOME/batv/keyring.json (by default
 # ~/.local/state/batv/keyring.json, for root too), which "batv sign",
 # "verify", "explain" and "check-config" also use without --config. A file
@@ -113,7 +114,10 @@ Postfix tables answer for. Changed by a reload.`,
 		doc: `An HTTP server with two paths: /metrics, the Prometheus metrics (every name
 is listed in docs/operations.md, and docs/grafana-dashboard.json shows
 them), and /healthz, which answers 200 "ok" while a key signs and 503 when
-none does. It has no authentication.`,
+none does. It has no authentication. It serves at most 16 connections at
+once (more wait in the kernel's queue, holding nothing of batv's), waits at
+most 10 seconds for a request and for a reply to be written, and closes a
+connection idle for 2 minutes between requests.`,
 		options: []refOption{
 			{
 				key: `listen`,
@@ -134,12 +138,16 @@ interface, a non-loopback address or a host name. Needs a restart to change.`,
 		options: []refOption{
 			{
 				key: `max_connections`,
-				doc: `The most MTA connections open at once on each milter listener. Postfix opens
-one connection per smtpd and cleanup process that uses the milter, so keep
-this above the number of those processes (default_process_limit is 100). A
-connection over the limit is closed at once, and the MTA applies its milter
-default action to that mail (milter_default_action in Postfix). The lookup
-service is not limited by it.`,
+				doc: `The most connections open at once on each milter listener and on the lookup
+service. Postfix opens one connection per smtpd and cleanup process that
+uses the milter or the tables, so keep this above the number of those
+processes (default_process_limit is 100). A connection over the limit is
+closed at once, and the MTA applies its milter default action to that mail
+(milter_default_action in Postfix). batv refuses to start unless it may open
+a file descriptor for every connection of every listener, 16 for the
+metrics endpoint and 64 of its own (RLIMIT_NOFILE; the shipped unit has a
+LimitNOFILE of 16384), so that a flood on the lookup service or the metrics
+endpoint never leaves the milter without a descriptor.`,
 				default_: `1024`,
 				example:  `max_connections = 4096`,
 				value:    `1024`,
@@ -173,7 +181,8 @@ least "1s". Keep it below systemd's TimeoutStopSec (90s by default).`,
 		doc: `Each [[listener]] table is one socket the MTA connects to with the milter
 protocol. The listeners in a file replace the default one; a file without
 any [[listener]] gets the default: name "milter", address
-inet:127.0.0.1:8891, roles ["outbound", "inbound"].
+inet:127.0.0.1:8891, roles ["inbound"] (a milter that signs on TCP signs for
+every local user: see below).
 
 Socket placement for Postfix: put unix sockets in a directory under
 Postfix's queue directory, /var/spool/postfix/batv (owner batv, group
@@ -188,10 +197,12 @@ anything else answers: a live listener, one with a full backlog, a datagram
 socket, or an answer it cannot read (no permission).
 
 An inet listener has no access control: anyone who can connect can have
-addresses signed. Keep inet listeners on loopback: batv warns at start (and
+addresses signed: it claims SMTP AUTH ({auth_authen}) or an internal client
+address, and the milter believes it. Give the outbound role to unix
+sockets (socket_group postfix), and keep inet listeners on loopback: batv warns at start (and
 "check-config" prints a warning) for a listener on every interface
 ("inet:0.0.0.0:8891", "inet::8891", "inet:[::]:8891"), on a non-loopback
-address or on a host name. Two listeners (or the socketmap, or [metrics]
+address or on a host name, and for an outbound listener on TCP. Two listeners (or the socketmap, or [metrics]
 listen) on the same socket are an error however they are written:
 "inet:localhost:8891" is "inet:127.0.0.1:8891", a port on every interface
 takes that port on every address, and "unix:/run//batv/./m.sock" is
@@ -234,7 +245,7 @@ milter settings; "inet6:" is accepted too). Required.`,
 of mail that is ours to sign (see [sign]); "inbound" checks the tagged
 recipients of bounces and removes their tags (see [verify]). One or both;
 a listener with only one asks the MTA for fewer milter steps. Required.`,
-				default_: `["outbound", "inbound"] for the default listener; required in a file`,
+				default_: `["inbound"] for the default listener; required in a file`,
 				example:  `roles = ["inbound"]`,
 				value:    `["outbound", "inbound"]`,
 			},

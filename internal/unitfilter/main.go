@@ -2,7 +2,7 @@
 // systemd unit, as systemd would apply it: the unit's SystemCallFilter=
 // lines in order, their sets expanded as "systemd-analyze syscall-filter"
 // lists them, and SystemCallErrorNumber= for the calls the filter leaves
-// out. It needs systemd-analyze but no running systemd, so a test, and CI on
+// out; and its LimitNOFILE=. It needs systemd-analyze but no running systemd, so a test, and CI on
 // the installed package, can check that batv starts, serves and stops under
 // the filter its unit ships:
 //
@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -67,6 +68,9 @@ func run(unitPath string, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := u.setNofile(); err != nil {
+		return fmt.Errorf("%s: %w", unitPath, err)
+	}
 	// TSYNC: every thread of this process, then the program it executes.
 	filter := seccomp.Filter{NoNewPrivs: true, Flag: seccomp.FilterFlagTSync, Policy: policy}
 	if err := seccomp.LoadFilter(filter); err != nil {
@@ -79,6 +83,38 @@ func run(unitPath string, args []string) error {
 type unitFilter struct {
 	filters []string // the SystemCallFilter= values, in order
 	errno   string   // SystemCallErrorNumber=, "" if not set
+	nofile  string   // LimitNOFILE=, "" if not set
+}
+
+// setNofile sets RLIMIT_NOFILE as LimitNOFILE= says: "N", or "SOFT:HARD".
+// A user who may not raise the hard limit that far gets the hard limit it
+// has, and a warning.
+func (u unitFilter) setNofile() error {
+	if u.nofile == "" {
+		return nil
+	}
+	soft, hard, ok := strings.Cut(u.nofile, ":")
+	if !ok {
+		hard = soft
+	}
+	var lim syscall.Rlimit
+	var err1, err2 error
+	lim.Cur, err1 = strconv.ParseUint(soft, 10, 64)
+	lim.Max, err2 = strconv.ParseUint(hard, 10, 64)
+	if err1 != nil || err2 != nil || lim.Cur > lim.Max {
+		return fmt.Errorf("LimitNOFILE=%s: want N or SOFT:HARD", u.nofile)
+	}
+	err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	if err == syscall.EPERM {
+		var have syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &have); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "unitfilter: LimitNOFILE=%s: this user may not raise the hard limit beyond %d; using that\n", u.nofile, have.Max)
+		lim.Cur, lim.Max = min(lim.Cur, have.Max), have.Max
+		err = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	return err
 }
 
 // parseUnit reads the system call settings of a unit's [Service] section.
@@ -108,6 +144,8 @@ func parseUnit(data []byte) (unitFilter, error) {
 			u.filters = append(u.filters, value)
 		case "SystemCallErrorNumber":
 			u.errno = strings.TrimSpace(value)
+		case "LimitNOFILE":
+			u.nofile = strings.TrimSpace(value)
 		}
 	}
 	if len(u.filters) == 0 {
