@@ -372,6 +372,26 @@ func TestHostilePeers(t *testing.T) {
 			how: "error", why: "length 262146",
 		},
 		{
+			name: "a macro packet over 8 KiB",
+			act: func(p *rawPeer) time.Duration {
+				p.write(optneg)
+				p.reply()
+				p.write(packet('D', append(worstMacros('C'), 'x')))
+				return time.Second
+			},
+			how: "error", why: "length 8193, limit 8192",
+		},
+		{
+			name: "a macro packet of more than 64 strings",
+			act: func(p *rawPeer) time.Duration {
+				p.write(optneg)
+				p.reply()
+				p.write(packet('D', macroData('M', strings.Split(strings.Repeat("k v ", 33), " ")[:66]...)))
+				return time.Second
+			},
+			how: "error", why: "more than 64 strings",
+		},
+		{
 			name: "unknown command",
 			act: func(p *rawPeer) time.Duration {
 				p.write(optneg)
@@ -628,12 +648,7 @@ func TestPanicInCallbackIsContained(t *testing.T) {
 func TestPacketMemory(t *testing.T) {
 	const n = 64
 	h := startHostile(t, func(_ *Server, o *serve.Options) { o.IdleTimeout = 2 * time.Second })
-	heap := func() uint64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
+	heap := heapInUse
 	before := heap()
 	var peers []*rawPeer
 	for range n {
@@ -646,7 +661,7 @@ func TestPacketMemory(t *testing.T) {
 		p.nc.Close()
 	}
 	conntest.Settle(t, "open connections", h.l.Open, 0)
-	over := int64(heap()) - int64(before)
+	over := heap() - before
 	t.Logf("%d peers announcing 0xFFFFFFFF bytes: heap %+d KiB", n, over>>10)
 	if over > 4<<20 {
 		t.Errorf("heap grew by %d bytes for packets the milter refuses", over)
@@ -663,7 +678,7 @@ func TestPacketMemory(t *testing.T) {
 		peers = append(peers, p)
 	}
 	time.Sleep(200 * time.Millisecond)
-	held := int64(heap()) - int64(before)
+	held := heap() - before
 	t.Logf("%d peers announcing a %d KiB header and sending 3 bytes: heap %+d KiB (%.0f KiB each)",
 		n, maxHeaderPacket>>10, held>>10, float64(held)/n/1024)
 	if held > n*(maxHeaderPacket+64<<10) {
@@ -674,12 +689,139 @@ func TestPacketMemory(t *testing.T) {
 		p.nc.Close()
 	}
 	conntest.Settle(t, "open connections", h.l.Open, 0)
-	after := int64(heap()) - int64(before)
+	after := heap() - before
 	t.Logf("after the idle timeout reaped them: heap %+d KiB", after>>10)
 	if after > 4<<20 {
 		t.Errorf("heap still %d bytes above the start after the peers were reaped", after)
 	}
 	h.checkBaseline(t)
+}
+
+// worstMacros is the data of a MACRO packet for stage that go-milter
+// keeps at the greatest cost the milter lets through: maxMacroStrings
+// strings, the last one long enough to fill maxMacroPacket.
+func worstMacros(stage byte) []byte {
+	d := []byte{stage}
+	for i := range maxMacroStrings/2 - 1 {
+		d = append(d, byte('!'+i/94), byte('!'+i%94), 0, 0)
+	}
+	d = append(d, 'z', 0)
+	return append(d, append(bytes.Repeat([]byte{'v'}, maxMacroPacket-2-len(d)), 0)...)
+}
+
+// heapInUse is the heap after a collection.
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// maxConnMemory is the most memory one connection may make the milter
+// hold, measured by TestConnectionMemoryBound: a pending header packet at
+// its limit, go-milter's 8 macro stages at theirs, a transaction's
+// recipients at theirs, and the connection itself. docs/security.md
+// quotes it.
+const maxConnMemory = maxHeaderPacket + 8*(maxMacroPacket+4<<10) + maxRcptBytes + 64<<10
+
+// TestConnectionMemoryBound: the most a peer can make the milter hold on
+// one connection, all limits reached at once: MACRO packets at their
+// limit in each of go-milter's 8 stages, a bounce with recipients until
+// the milter refuses more (452 4.5.3), and a header packet at its limit
+// announced and not sent. It stays under maxConnMemory a connection, and
+// is given back when the connections end.
+func TestConnectionMemoryBound(t *testing.T) {
+	const n = 16
+	// The log is not kept here: the test's copy of it would count.
+	h := startHostile(t, func(s *Server, o *serve.Options) {
+		o.IdleTimeout = time.Minute
+		s.Logger, o.Logger = slog.New(slog.DiscardHandler), slog.New(slog.DiscardHandler)
+	})
+	before := heapInUse()
+	var peers []*rawPeer
+	rcpts := 0
+	for range n {
+		p := dialRaw(t, h.path)
+		p.write(optneg)
+		p.reply()
+		p.write(packet('D', worstMacros('C')), packet('D', worstMacros('H')), packet('D', worstMacros('M')))
+		p.expectReply("MAIL", 'c', packet('M', cstr("<>")))
+		p.write(packet('D', worstMacros('R')))
+		for i := 0; ; i++ {
+			if i > 10000 {
+				t.Fatalf("%d recipients of 2 KiB in one transaction, none refused", i)
+			}
+			rcpt := fmt.Sprintf("<%s%d@example.com>", strings.Repeat("u", 2000), i)
+			p.write(packet('R', cstr(rcpt)))
+			if _, code, data := p.reply(); code != 'c' {
+				if code != 'y' || !strings.HasPrefix(data, "452 4.5.3") {
+					t.Fatalf("RCPT %d: reply %q %q", i, code, data)
+				}
+				rcpts = i
+				break
+			}
+		}
+		// The stages in go-milter's order, or it clears what came before;
+		// U (an unknown command's macros) is the stage of header macros.
+		for _, st := range []byte("TNEU") {
+			p.write(packet('D', worstMacros(st)))
+		}
+		p.write(binary.BigEndian.AppendUint32(nil, maxHeaderPacket), []byte{'L', 'S', 'u', 'b'})
+		peers = append(peers, p)
+	}
+	time.Sleep(300 * time.Millisecond)
+	held := heapInUse() - before
+	t.Logf("%d peers, each with 8 macro stages of %d bytes, %d recipients of 2 KiB and a %d KiB header pending: heap %+d KiB, %d KiB each (bound %d KiB)",
+		n, maxMacroPacket, rcpts, maxHeaderPacket>>10, held>>10, held/n>>10, maxConnMemory>>10)
+	if open := h.l.Open(); open != n {
+		t.Fatalf("%d connections open, want %d: a packet was refused", open, n)
+	}
+	if held > n*maxConnMemory {
+		t.Errorf("%d KiB a connection, more than %d KiB", held/n>>10, maxConnMemory>>10)
+	}
+	for _, p := range peers {
+		p.nc.Close()
+	}
+	h.checkBaseline(t)
+	if after := heapInUse() - before; after > 4<<20 {
+		t.Errorf("heap still %d KiB above the start after the peers left", after>>10)
+	}
+}
+
+// TestTooManyRecipients: beyond maxRcptBytes a recipient gets 452 4.5.3,
+// which the MTA's client takes as "send it again in another
+// transaction"; the recipients before it are decided as ever, and the next
+// transaction starts with the whole budget.
+func TestTooManyRecipients(t *testing.T) {
+	h := startHostile(t, nil)
+	p := dialRaw(t, h.path)
+	p.expectReply("OPTNEG", 'O', optneg)
+	p.expectReply("CONNECT", 'c', packet('C', connectData("mx.example.org", "192.0.2.25")))
+	valid := tag(t, "user@example.com", 1)
+	for range 2 {
+		p.expectReply("MAIL", 'c', packet('M', cstr("<>")))
+		p.expectReply("RCPT", 'c', packet('R', cstr("<"+valid+">")))
+		accepted := 1
+		for ; ; accepted++ {
+			p.write(packet('R', cstr(fmt.Sprintf("<%s%d@example.org>", strings.Repeat("x", 1000), accepted))))
+			if _, code, data := p.reply(); code != 'c' {
+				if code != 'y' || data != "452 4.5.3 Too many recipients" {
+					t.Fatalf("recipient %d: %q %q", accepted, code, data)
+				}
+				break
+			}
+		}
+		if want := maxRcptBytes/rcptCost(strings.Repeat("x", 1020)) - 1; accepted < want {
+			t.Errorf("%d recipients accepted before the 452, want about %d", accepted, want)
+		}
+		// The valid bounce before the limit is still delivered untagged.
+		p.write(packet('E'))
+		mods, code, _ := p.reply()
+		if code != 'a' || len(mods) != 2 || !strings.Contains(mods[1], "user@example.com") {
+			t.Fatalf("end of message: %q %q", code, mods)
+		}
+	}
+	h.waitLog(t, 2, "recipients refused: too many in one transaction")
 }
 
 // TestNoReplyEvents: the no-reply flags are named for the log.

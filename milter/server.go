@@ -6,6 +6,7 @@ package milter
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -168,9 +169,20 @@ const readBufferSize = 1024
 // header_size_limit is 102400 bytes by default); nothing else batv asks
 // for is more than a few hundred bytes, and what it does not ask for
 // (body chunks) is at most 64 KiB.
+//
+// Macros are kept: go-milter holds the last MACRO packet of each of its 8
+// stages until a later command clears it, as a map of strings. A 64 KiB
+// packet of two-byte names makes 16,000 map entries, about 340 KiB a
+// stage. So a MACRO packet is refused beyond 8 KiB or 64 strings (32
+// macros). The MTA sends batv the macros it asks for ({daemon_name},
+// {auth_authen}, i: host, user and queue names) or, for a stage batv asks
+// nothing of, the MTA's default list (Postfix's longest, milter_mail_macros,
+// has 7 macros; Sendmail's, for MAIL, 8).
 const (
 	maxHeaderPacket = 256 << 10
 	maxPacket       = 64<<10 + 64
+	maxMacroPacket  = 8 << 10
+	maxMacroStrings = 64
 )
 
 // errPacket ends a session whose MTA sent a packet the milter will not
@@ -186,6 +198,7 @@ type conn struct {
 	size int  // length of the current packet, header included
 	last byte // command of the current (or last) packet
 	nul  int  // offset in the current packet's data of its first NUL, or -1
+	nuls int  // NULs in the current packet's data so far
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -199,13 +212,16 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 		n, cmd := binary.BigEndian.Uint32(hdr), hdr[4]
 		limit := uint32(maxPacket)
-		if cmd == 'L' {
+		switch cmd {
+		case 'L':
 			limit = maxHeaderPacket
+		case 'D':
+			limit = maxMacroPacket
 		}
 		if n == 0 || n > limit {
 			return 0, c.refuse(cmd, fmt.Sprintf("length %d, limit %d", n, limit))
 		}
-		c.left, c.size, c.last, c.nul = 4+int(n), 4+int(n), cmd, -1
+		c.left, c.size, c.last, c.nul, c.nuls = 4+int(n), 4+int(n), cmd, -1, 0
 	}
 	if len(p) > c.left {
 		p = p[:c.left]
@@ -218,6 +234,14 @@ func (c *conn) Read(p []byte) (int, error) {
 				c.nul = off + i - 5
 				break
 			}
+		}
+	}
+	if c.last == 'D' {
+		c.nuls += bytes.Count(p[max(0, min(n, 5-off)):n], []byte{0})
+		if c.nuls > maxMacroStrings {
+			// Nothing of this read reaches go-milter, so that it cannot
+			// complete the packet.
+			return 0, c.refuse('D', fmt.Sprintf("more than %d strings", maxMacroStrings))
 		}
 	}
 	c.left -= n

@@ -28,6 +28,8 @@ type session struct {
 	origin    policy.Origin
 	queueID   string
 	rcpts     []rcptState
+	rcptBytes int      // what rcpts holds, as rcptCost counts it
+	rcptsFull bool     // a recipient was refused for maxRcptBytes
 	bounces   int      // recipients in protected domains of a null-sender message
 	forged    int      // incoming status headers to remove
 	signRcpts []string // scratch for applyOutbound
@@ -38,6 +40,26 @@ type rcptState struct {
 	addr string
 	d    policy.Decision
 }
+
+// The recipients of a transaction are kept until its end, where they are
+// rewritten or signed for; maxRcptBytes bounds what they hold, so that a
+// peer cannot make one connection hold memory without end. Beyond it a
+// recipient gets 452 4.5.3, and the MTA's client sends it again in another
+// transaction, as for Postfix's smtpd_recipient_limit. 1 MiB is about
+// 2,800 recipients of 30 bytes (Postfix's smtpd_recipient_limit is 1000).
+const (
+	maxRcptBytes = 1 << 20
+	// rcptOverhead is a recipient's rcptState and its share of the
+	// decision's fixed strings, beside rcptCost's copies of its address
+	// (the address, its mailbox, its rewrite and its mark).
+	rcptOverhead = 256
+	// keptRcpts is the most recipients whose room a connection keeps
+	// between transactions.
+	keptRcpts = 64
+)
+
+// rcptCost is what keeping recipient rcpt costs, in bytes.
+func rcptCost(rcpt string) int { return rcptOverhead + 4*len(rcpt) }
 
 var _ gomilter.Milter = (*session)(nil)
 
@@ -89,6 +111,15 @@ func (s *session) RcptTo(rcpt, _ string, m gomilter.Modifier) (_ *gomilter.Respo
 	if s.queueID == "" {
 		s.queueID = m.Get(gomilter.MacroQueueId)
 	}
+	if s.rcptBytes+rcptCost(rcpt) > maxRcptBytes {
+		if !s.rcptsFull {
+			s.rcptsFull = true
+			s.log().Info("recipients refused: too many in one transaction", "queue_id", s.queueID,
+				"recipients", len(s.rcpts), "limit_bytes", maxRcptBytes)
+		}
+		return gomilter.RejectWithCodeAndReason(452, "4.5.3 Too many recipients")
+	}
+	s.rcptBytes += rcptCost(rcpt)
 	st := rcptState{addr: rcpt, d: policy.Decision{Action: policy.ActPass, KeyID: -1}}
 	if s.srv.Roles&Inbound != 0 {
 		start := time.Now()
@@ -275,8 +306,15 @@ func (s *session) Cleanup(gomilter.Modifier) {
 func (s *session) reset() {
 	s.policy, s.sender, s.origin, s.queueID = nil, "", policy.NotOurs, ""
 	s.trx = policy.Transaction{}
-	s.rcpts = s.rcpts[:0]
-	s.bounces, s.forged = 0, 0
+	// The slices are kept for the next transaction, without the addresses
+	// of this one, unless a large one made them large.
+	clear(s.rcpts)
+	clear(s.signRcpts)
+	s.rcpts, s.signRcpts = s.rcpts[:0], s.signRcpts[:0]
+	if cap(s.rcpts) > keptRcpts {
+		s.rcpts, s.signRcpts = nil, nil
+	}
+	s.rcptBytes, s.rcptsFull, s.bounces, s.forged = 0, false, 0, 0
 }
 
 // recover turns a panic in a callback into an error that ends this
