@@ -434,7 +434,7 @@ func (d *Daemon) serveMetrics(addr string) error {
 	mux.Handle("/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", d.health)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: metricsTimeout, ReadTimeout: metricsTimeout,
-		WriteTimeout: metricsTimeout, IdleTimeout: metricsIdleTimeout, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
+		WriteTimeout: metricsTimeout, IdleTimeout: metricsIdleTimeout, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	d.closers = append(d.closers, func() { srv.Close() })
 	// Connections over the limit wait in the kernel's queue, holding no
 	// descriptor of batv's.
