@@ -803,6 +803,9 @@ func TestTooManyRecipients(t *testing.T) {
 		p.expectReply("RCPT", 'c', packet('R', cstr("<"+valid+">")))
 		accepted := 1
 		for ; ; accepted++ {
+			if accepted > 10000 {
+				t.Fatalf("%d recipients of 1 KiB accepted in one transaction, none refused", accepted)
+			}
 			p.write(packet('R', cstr(fmt.Sprintf("<%s%d@example.org>", strings.Repeat("x", 1000), accepted))))
 			if _, code, data := p.reply(); code != 'c' {
 				if code != 'y' || data != "452 4.5.3 Too many recipients" {

@@ -188,15 +188,12 @@ func TestPolicyFields(t *testing.T) {
 // TestWarningsLoggedAtStart: what check-config prints as a warning the
 // daemon logs at start, at level WARN.
 func TestWarningsLoggedAtStart(t *testing.T) {
-	td := startTestDaemon(t)
-	stop, done := make(chan struct{}, 2), make(chan error, 1)
-	cfg := strings.Replace(fmt.Sprintf(testConfig, td.keyring, td.sock+"2", "", ""), `listen = "127.0.0.1:0"`, `listen = ":0"`, 1)
-	td.writeConfig(cfg)
-	var log syncBuffer
-	runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &log}, stop, done)
+	td := newTestDaemon(t)
+	td.writeConfig(strings.Replace(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""), `listen = "127.0.0.1:0"`, `listen = ":0"`, 1))
+	runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log}, td.stop, td.done)
 	want := `level=WARN msg="configuration: metrics.listen: \":0\" listens on every interface: every host that reaches this one can talk to the metrics endpoint"`
-	if !strings.Contains(log.String(), want) {
-		t.Fatalf("no %s in the log:\n%s", want, log.String())
+	if !strings.Contains(td.log.String(), want) {
+		t.Fatalf("no %s in the log:\n%s", want, td.log.String())
 	}
 }
 

@@ -90,6 +90,16 @@ var keyringCreated = time.Now().Add(-30 * 24 * time.Hour)
 
 func startTestDaemon(t *testing.T) *testDaemon {
 	t.Helper()
+	td := newTestDaemon(t)
+	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""))
+	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload}, td.stop, td.done)
+	return td
+}
+
+// newTestDaemon makes a test daemon's directory and keyring, and starts
+// nothing.
+func newTestDaemon(t *testing.T) *testDaemon {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "batvd")
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +110,6 @@ func startTestDaemon(t *testing.T) *testDaemon {
 	if _, err := (keyring.File{Path: td.keyring}).Create(keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
-	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""))
-	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload}, td.stop, td.done)
 	return td
 }
 

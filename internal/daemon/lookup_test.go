@@ -25,14 +25,10 @@ func lookupConfig(kr, sock, mapSock, limits string) string {
 // startLookupDaemon runs a test daemon with the lookup service and
 // returns it with the lookup socket's path.
 func startLookupDaemon(t *testing.T, limits string) (*testDaemon, string) {
-	td := startTestDaemon(t)
+	td := newTestDaemon(t)
 	mapSock := filepath.Join(td.dir, "map.sock")
-	td.sock = filepath.Join(td.dir, "m2.sock")
 	td.writeConfig(lookupConfig(td.keyring, td.sock, mapSock, limits))
-	td.log = syncBuffer{}
-	stop, done := make(chan struct{}, 2), make(chan error, 1)
-	td.stop, td.done = stop, done
-	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log}, stop, done)
+	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log}, td.stop, td.done)
 	return td, mapSock
 }
 
