@@ -82,7 +82,7 @@ var libraryLog sync.Once
 
 // ServeConn runs one milter session on c and closes it at the end.
 func (s *Server) ServeConn(c *serve.Conn) {
-	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize)}
+	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), w: bufio.NewWriterSize(c, writeBufferSize)}
 	actions, protocol := s.negotiation()
 	ms := gomilter.NewServer(
 		gomilter.WithDynamicMilter(func(version uint32, _ gomilter.OptAction, protocol gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
@@ -110,7 +110,7 @@ func (s *Server) negotiation() (gomilter.OptAction, gomilter.OptProtocol) {
 	p := s.Policy()
 	var act gomilter.OptAction
 	proto := gomilter.OptNoHelo | gomilter.OptNoUnknown | gomilter.OptNoEOH | gomilter.OptNoBody
-	if s.Roles&Inbound == 0 {
+	if s.Roles&Inbound == 0 || !p.RefusesAtData() {
 		proto |= gomilter.OptNoData // DATA is where untagged bounces are refused
 	}
 	if s.Roles&Outbound != 0 {
@@ -159,6 +159,14 @@ func negotiate(mtaVersion, milterVersion uint32, mtaActions, milterActions gomil
 // connections.
 const readBufferSize = 1024
 
+// writeBufferSize holds the replies of one round trip: a reply, or the
+// changes of an end of message and its reply. More is written in several
+// writes.
+const writeBufferSize = 1024
+
+// Write holds go-milter's write until it reads next (see Read).
+func (c *conn) Write(p []byte) (int, error) { return c.w.Write(p) }
+
 // Packet checks. go-milter v0.10.1 allocates a packet's announced length
 // before it reads it (up to 512 MB), and panics, taking the whole process
 // down, on an empty packet and on CONNECT, MAIL and RCPT packets without
@@ -182,13 +190,24 @@ var errPacket = errors.New("milter: packet refused")
 type conn struct {
 	*serve.Conn
 	r    *bufio.Reader
-	left int  // bytes of the current packet go-milter has still to read
-	size int  // length of the current packet, header included
-	last byte // command of the current (or last) packet
-	nul  int  // offset in the current packet's data of its first NUL, or -1
+	w    *bufio.Writer // go-milter's writes, sent when it reads next: one write per round trip
+	left int           // bytes of the current packet go-milter has still to read
+	size int           // length of the current packet, header included
+	last byte          // command of the current (or last) packet
+	nul  int           // offset in the current packet's data of its first NUL, or -1
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	// go-milter writes each packet as two writes (its length and command,
+	// then its data), and the changes of an end of message as packets of
+	// their own; it reads only once it has written all it will write
+	// before the MTA's next packet. So what it wrote goes out now, in one
+	// write.
+	if c.w.Buffered() > 0 {
+		if err := c.w.Flush(); err != nil {
+			return 0, err
+		}
+	}
 	if c.left == 0 {
 		hdr, err := c.r.Peek(5)
 		if err != nil {
@@ -251,6 +270,7 @@ func (c *conn) refuse(cmd byte, why string) error {
 // ended by go-milter itself: a malformed or unexpected packet, or a
 // callback that failed (go-milter's own warning says which).
 func (c *conn) Close() error {
+	_ = c.w.Flush() // a reply to a last command, then QUIT
 	if c.SetEnd("error") {
 		c.Log().Warn("session ended: go-milter gave up on it (a malformed or unexpected packet, or a failed callback)",
 			"last_command", fmt.Sprintf("%q", c.last))
