@@ -22,6 +22,7 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/policyd"
+	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/keyring"
 )
@@ -64,20 +65,16 @@ func runStandin(sock string) int {
 		fmt.Fprintln(os.Stderr, "stand-in:", err)
 		return 1
 	}
-	context.AfterFunc(ctx, func() { ln.Close() })
-	s := &policyd.Server{Handler: policyd.HandlerFunc(func(_ context.Context, req *policyd.Request) policyd.Reply {
+	l := serve.New(ln, serve.Options{})
+	context.AfterFunc(ctx, func() { _ = l.Shutdown(context.Background()) })
+	s := &policyd.Server{Handler: policyd.HandlerFunc(func(_ *policyd.Conn, req *policyd.Request) policyd.Reply {
 		if req.Sender() == "" && req.ProtocolState() == policyd.StateRcpt {
 			return policyd.Code(550, "5.7.1", "Bounce refused (stand-in)")
 		}
 		return policyd.Dunno()
 	})}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return 0
-		}
-		go s.ServeConn(ctx, c)
-	}
+	_ = l.Serve(s.ServeConn)
+	return 0
 }
 
 // scenario is one configuration of the MX: an smtpd service of the shared
