@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/metrics"
 	"github.com/batv/batv/policy"
 )
@@ -29,9 +30,15 @@ import (
 //     refused with the policy's reply, and a bounce with a recipient to
 //     quarantine is "HOLD" (Postfix's hold queue).
 //
-// It cannot change recipients: valid tags reach the untagged mailbox
-// through the untag table in the cleanup service of the MX
-// (docs/postfix.md), which answers only for tags that verify now.
+// It cannot change one recipient of several: valid tags reach the
+// untagged mailbox through the untag table in the cleanup service of the
+// MX (docs/postfix.md), which answers only for tags that verify now. A
+// recipient the policy delivers to its untagged address although its tag
+// does not verify now (a reply to an expired tag; with invalid_tag_reply
+// "deliver" or "deliver-mark", or for an exempt recipient or client, a tag
+// that does not verify) is redirected there at DATA ("REDIRECT", which
+// replaces every recipient) when it is the transaction's only recipient,
+// and stays tagged otherwise.
 //
 // # A transaction whose state is lost
 //
@@ -77,6 +84,7 @@ type tx struct {
 	accepted int    // recipients let through at RCPT
 	bounces  int    // recipients of a bounce in protected domains
 	hold     string // the first recipient to quarantine, "" if none
+	redirect string // the untagged address of a recipient untag leaves tagged
 }
 
 // begin starts the transaction of req with the policy in force.
@@ -128,8 +136,20 @@ func (f *Frontend) recipient(c *Conn, req *Request) Reply {
 		if d.Action == policy.ActQuarantine && t.hold == "" {
 			t.hold = rcpt
 		}
+		t.redirect = redirectTo(d)
 	}
 	return reply
+}
+
+// redirectTo is the address to redirect a transaction with the one
+// recipient of decision d to: its untagged address when the policy
+// delivers it there but the untag table does not answer for it (the tag
+// does not verify now); "" otherwise.
+func redirectTo(d policy.Decision) string {
+	if d.Rewrite == "" || d.Status == batv.Valid {
+		return ""
+	}
+	return d.Rewrite
 }
 
 // rcptReply is the reply to RCPT for decision d.
@@ -143,41 +163,48 @@ func rcptReply(p *policy.Policy, d policy.Decision) Reply {
 	return Dunno()
 }
 
-// data decides a bounce at DATA: a refusal if it has untagged recipients
-// whose refusal waited for DATA, HOLD if it has a recipient to
-// quarantine.
+// data decides a transaction at DATA: a bounce is refused if it has
+// untagged recipients whose refusal waited for DATA, and held if it has
+// a recipient to quarantine; a transaction of one recipient that untag
+// leaves tagged is redirected to its untagged address.
 func (f *Frontend) data(c *Conn, req *Request) Reply {
-	if !policy.NullSender(req.Sender()) {
-		return Dunno() // only bounces wait for DATA
-	}
 	t := TxState[tx](c)
 	n := req.RecipientCount()
 	if !t.started || t.accepted != n {
 		return f.dataLost(c, req, t)
 	}
 	log := c.Log()
-	if r, refused := t.trx.Data(); refused {
-		f.Metrics.DataRefusal()
-		log.Info("bounce refused at DATA", "queue_id", req.QueueID(), "direction", "inbound", "reply", r.String(),
-			"recipients", n, "client", t.client.Addr)
-		return Reply{Action: r.String()}
+	if t.trx.Bounce() {
+		if r, refused := t.trx.Data(); refused {
+			f.Metrics.DataRefusal()
+			log.Info("bounce refused at DATA", "queue_id", req.QueueID(), "direction", "inbound", "reply", r.String(),
+				"recipients", n, "client", t.client.Addr)
+			return Reply{Action: r.String()}
+		}
+		if t.bounces > 1 {
+			f.Metrics.MultipleRecipients()
+			log.Info("bounce with several protected recipients", "queue_id", req.QueueID(), "recipients", t.bounces)
+		}
+		if t.hold != "" {
+			return holdReply(t.hold)
+		}
 	}
-	if t.bounces > 1 {
-		f.Metrics.MultipleRecipients()
-		log.Info("bounce with several protected recipients", "queue_id", req.QueueID(), "recipients", t.bounces)
-	}
-	if t.hold != "" {
-		return holdReply(t.hold)
+	if n == 1 && t.redirect != "" {
+		return f.redirect(log, req, t.redirect)
 	}
 	return Dunno()
 }
 
-// dataLost decides a bounce at DATA whose recipients this connection did
-// not all see (see Frontend).
+// dataLost decides a transaction at DATA whose recipients this connection
+// did not all see (see Frontend).
 func (f *Frontend) dataLost(c *Conn, req *Request, t *tx) Reply {
 	log := c.Log()
 	n, rcpt := req.RecipientCount(), req.Recipient()
+	bounce := policy.NullSender(req.Sender())
 	if n != 1 || rcpt == "" {
+		if !bounce {
+			return Dunno() // only a bounce waits for DATA
+		}
 		log.Warn("bounce deferred at DATA: batv did not see all its recipients at RCPT (a new connection, or a restriction after check_policy_service refused some)",
 			"queue_id", req.QueueID(), "direction", "inbound", "reply", replyLostState.String(),
 			"recipients", n, "seen", t.accepted, "client", req.ClientAddress())
@@ -187,19 +214,30 @@ func (f *Frontend) dataLost(c *Conn, req *Request, t *tx) Reply {
 	f.begin(&fresh, req)
 	d := fresh.trx.Recipient(rcpt, f.now())
 	attrs := []any{"queue_id", req.QueueID(), "direction", "inbound", "outcome", d.Status.String(),
-		"action", d.Action.String(), "rcpt", rcpt, "client", fresh.client.Addr}
+		"action", d.Action.String(), "rcpt", rcpt, "client", fresh.client.Addr, "state", "decided again from its one recipient"}
 	switch {
-	case d.Reply.Refuses():
+	case d.Reply.Refuses() && bounce:
 		f.Metrics.DataRefusal()
-		log.Info("bounce refused at DATA", append(attrs, "reply", d.Reply.String(), "recipients", n,
-			"state", "decided again from its one recipient")...)
+		log.Info("bounce refused at DATA", append(attrs, "reply", d.Reply.String(), "recipients", n)...)
 		return Reply{Action: d.Reply.String()}
+	case d.Reply.Refuses():
+		// Mail with a sender accepted at RCPT (by another policy) is not
+		// refused for good now: only a bounce waits for DATA.
 	case d.Action == policy.ActQuarantine:
-		log.Info("bounce held at DATA", append(attrs, "state", "decided again from its one recipient")...)
+		log.Info("bounce held at DATA", attrs...)
 		return holdReply(rcpt)
+	case redirectTo(d) != "":
+		return f.redirect(log, req, redirectTo(d))
 	}
-	log.Debug("bounce accepted at DATA", append(attrs, "state", "decided again from its one recipient")...)
+	log.Debug("accepted at DATA", attrs...)
 	return Dunno()
+}
+
+// redirect sends the transaction's one recipient to its untagged address.
+func (f *Frontend) redirect(log *slog.Logger, req *Request, to string) Reply {
+	log.Info("redirected to the untagged address at DATA", "queue_id", req.QueueID(), "direction", "inbound",
+		"rcpt", req.Recipient(), "untagged", to)
+	return Redirect(to)
 }
 
 // holdReply puts a bounce to quarantine on Postfix's hold queue; the text

@@ -208,8 +208,8 @@ func TestFrontendDecisions(t *testing.T) {
 		{"postmaster is exempt", nil, "", []string{"postmaster@example.com"}, []string{"DUNNO"}, "DUNNO"},
 		{"an exempt client", func(c *policy.Config) { c.Verify.ExemptClients = []string{"192.0.2.0/24"} }, "",
 			[]string{alice}, []string{"DUNNO"}, "DUNNO"},
-		{"a forged tag from an exempt client is marked", func(c *policy.Config) { c.Verify.ExemptClients = []string{"192.0.2.25"} }, "",
-			[]string{forged}, []string{"PREPEND X-BATV-Status: bad-signature; rcpt=<" + forged + ">"}, "DUNNO"},
+		{"a forged tag from an exempt client is marked and redirected", func(c *policy.Config) { c.Verify.ExemptClients = []string{"192.0.2.25"} }, "",
+			[]string{forged}, []string{"PREPEND X-BATV-Status: bad-signature; rcpt=<" + forged + ">"}, "REDIRECT alice@example.com"},
 		{"a bounce to another domain", nil, "", []string{"carol@example.org"}, []string{"DUNNO"}, "DUNNO"},
 		{"valid, then untagged: refused at RCPT", nil, "", []string{validBob, alice},
 			[]string{"DUNNO", refusedUntagged}, "DUNNO"},
@@ -220,11 +220,19 @@ func TestFrontendDecisions(t *testing.T) {
 		{"untagged twice: both refused at DATA", nil, "", []string{alice, bob}, []string{"DUNNO", "DUNNO"}, refusedUntagged},
 		{"forged, then untagged", nil, "", []string{forged, alice}, []string{refusedForged, "DUNNO"}, refusedUntagged},
 		{"a reply to a tag", nil, "carol@example.org", []string{tag(t, alice, 1)}, []string{"DUNNO"}, "DUNNO"},
-		{"a reply to an expired tag", nil, "carol@example.org", []string{tag(t, alice, 20)}, []string{"DUNNO"}, "DUNNO"},
+		{"a reply to an expired tag: redirected", nil, "carol@example.org", []string{tag(t, alice, 20)}, []string{"DUNNO"}, "REDIRECT alice@example.com"},
+		{"a reply to an expired tag and another recipient: left tagged", nil, "carol@example.org", []string{tag(t, alice, 20), bob},
+			[]string{"DUNNO", "DUNNO"}, "DUNNO"},
+		{"a reply to another recipient and an expired tag: left tagged", nil, "carol@example.org", []string{bob, tag(t, alice, 20)},
+			[]string{"DUNNO", "DUNNO"}, "DUNNO"},
 		{"a reply to a forged tag", nil, "carol@example.org", []string{forged},
 			[]string{"550 5.7.1 The recipient address tag is not valid (BATV)"}, ""},
 		{"a reply to a forged tag, deliver-mark", func(c *policy.Config) { c.Verify.InvalidTagReply = "deliver-mark" }, "carol@example.org",
-			[]string{forged}, []string{"PREPEND X-BATV-Status: bad-signature; rcpt=<" + forged + ">"}, "DUNNO"},
+			[]string{forged}, []string{"PREPEND X-BATV-Status: bad-signature; rcpt=<" + forged + ">"}, "REDIRECT alice@example.com"},
+		{"a reply to a forged tag, deliver", func(c *policy.Config) { c.Verify.InvalidTagReply = "deliver" }, "carol@example.org",
+			[]string{forged}, []string{"DUNNO"}, "REDIRECT alice@example.com"},
+		{"a reply to a forged tag, pass", func(c *policy.Config) { c.Verify.InvalidTagReply = "pass" }, "carol@example.org",
+			[]string{forged}, []string{"DUNNO"}, "DUNNO"},
 		{"mail to an untagged user", nil, "carol@example.org", []string{alice}, []string{"DUNNO"}, "DUNNO"},
 		{"a null sender spelled MAILER-DAEMON", nil, "mailer-daemon@mx.example.org", []string{alice}, []string{"DUNNO"}, refusedUntagged},
 	} {
@@ -270,8 +278,13 @@ func TestFrontendCallout(t *testing.T) {
 func TestFrontendLostState(t *testing.T) {
 	const alice = "alice@example.com"
 	validBob := tag(t, "bob@example.com", 1)
+	forged := tagtest.Forge(tag(t, alice, 1))
+	deliver := func(c *policy.Config) { c.Verify.InvalidTagReply = "deliver" }
 	for _, tt := range []struct {
-		name        string
+		name string
+		// mod is the policy of the first connection; the second has the
+		// default one.
+		mod         func(*policy.Config)
 		sender      string
 		before      []string // recipients on the first connection
 		after       []string // recipients on the second
@@ -279,26 +292,31 @@ func TestFrontendLostState(t *testing.T) {
 		logs        []string
 		dataRefused float64
 	}{
-		{"one untagged recipient: decided again and refused", "", []string{alice}, nil, refusedUntagged,
+		{"one untagged recipient: decided again and refused", nil, "", []string{alice}, nil, refusedUntagged,
 			[]string{"level=INFO", `msg="bounce refused at DATA"`, `state="decided again from its one recipient"`}, 1},
-		{"one valid tag: decided again and accepted", "", []string{validBob}, nil, "DUNNO",
-			[]string{"level=DEBUG", `msg="bounce accepted at DATA"`}, 0},
-		{"untagged, then valid on the new connection: deferred", "", []string{alice}, []string{validBob},
+		{"one valid tag: decided again and accepted", nil, "", []string{validBob}, nil, "DUNNO",
+			[]string{"level=DEBUG", `msg="accepted at DATA"`}, 0},
+		{"untagged, then valid on the new connection: deferred", nil, "", []string{alice}, []string{validBob},
 			"451 4.3.0 Bounce deferred: its recipients must be checked again, please send it again (BATV)",
 			[]string{"level=WARN", "bounce deferred at DATA", "recipients=2", "seen=1"}, 0},
-		{"two untagged on the old connection: deferred", "", []string{alice, "bob@example.com"}, nil,
+		{"two untagged on the old connection: deferred", nil, "", []string{alice, "bob@example.com"}, nil,
 			"451 4.3.0 Bounce deferred: its recipients must be checked again, please send it again (BATV)",
 			[]string{"level=WARN", "bounce deferred at DATA", "recipients=2", "seen=0"}, 0},
-		{"mail with a sender is not a bounce", "carol@example.org", []string{alice, "bob@example.com"}, nil, "DUNNO", nil, 0},
+		{"mail with a sender is not a bounce", nil, "carol@example.org", []string{alice, "bob@example.com"}, nil, "DUNNO", nil, 0},
+		{"a reply to an expired tag: decided again and redirected", nil, "carol@example.org", []string{tag(t, alice, 20)}, nil,
+			"REDIRECT alice@example.com", []string{"level=INFO", `msg="redirected to the untagged address at DATA"`, "untagged=alice@example.com"}, 0},
+		{"a reply to a forged tag accepted before: not refused at DATA", deliver, "carol@example.org", []string{forged}, nil, "DUNNO",
+			[]string{"level=DEBUG", `msg="accepted at DATA"`, "outcome=bad-signature"}, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFrontend(t, nil)
+			f := newFrontend(t, tt.mod)
 			tr := f.connect().mail(tt.sender)
 			for _, r := range tt.before {
 				if got := tr.rcpt(r); got != "DUNNO" {
 					t.Fatalf("RCPT %s: %q", r, got)
 				}
 			}
+			f.policy.Store(testPolicy(t, nil))
 			tr.on(f.connect())
 			for _, r := range tt.after {
 				if got := tr.rcpt(r); got != "DUNNO" {
