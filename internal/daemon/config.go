@@ -1,7 +1,7 @@
 // Package daemon runs the batv milter daemon: it reads the configuration
-// file and the keyring, serves the milter and socketmap listeners, and
-// reloads, logs, counts and shuts down the way a mail administrator
-// expects.
+// file and the keyring, serves the milter, socketmap and policy service
+// listeners, and reloads, logs, counts and shuts down the way a mail
+// administrator expects.
 package daemon
 
 import (
