@@ -290,27 +290,7 @@ func (s *session) recover(err *error) {
 }
 
 func (s *session) logRecipient(rcpt string, d policy.Decision) {
-	attrs := []any{"queue_id", s.queueID, "direction", "inbound", "outcome", d.Status.String(),
-		"action", d.Action.String(), "reason", d.Reason, "rcpt", rcpt}
-	if d.KeyID >= 0 {
-		attrs = append(attrs, "key_id", d.KeyID)
-	}
-	if d.AtData {
-		attrs = append(attrs, "stage", "data")
-	}
-	if d.Mailbox != "" {
-		attrs = append(attrs, "mailbox", d.Mailbox)
-	}
-	if d.Rewrite != "" {
-		attrs = append(attrs, "untagged", d.Rewrite)
-	}
-	attrs = append(attrs, "sender", senderWord(s.sender), "bounce", s.trx.Bounce())
-	// The client, to match the line with Postfix's own (NOQUEUE: reject:
-	// RCPT from host[addr]) when there is no queue id yet.
-	if s.client.Addr.IsValid() {
-		attrs = append(attrs, "client", s.client.Addr)
-	}
-	s.log().Info("recipient", attrs...)
+	s.log().Info("recipient", d.LogAttrs(s.queueID, rcpt, s.sender, s.trx.Bounce(), s.client.Addr)...)
 }
 
 func (s *session) log() *slog.Logger { return s.conn.Log() }

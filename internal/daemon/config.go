@@ -1,7 +1,7 @@
 // Package daemon runs the batv milter daemon: it reads the configuration
-// file and the keyring, serves the milter and socketmap listeners, and
-// reloads, logs, counts and shuts down the way a mail administrator
-// expects.
+// file and the keyring, serves the milter, socketmap and policy service
+// listeners, and reloads, logs, counts and shuts down the way a mail
+// administrator expects.
 package daemon
 
 import (
@@ -40,11 +40,12 @@ type Config struct {
 	// KeyringPoll is how often the keyring file is checked for changes.
 	KeyringPoll Duration `toml:"keyring_poll"`
 
-	Log       LogConfig      `toml:"log"`
-	Metrics   MetricsConfig  `toml:"metrics"`
-	Limits    LimitsConfig   `toml:"limits"`
-	Listeners []Listener     `toml:"listener"`
-	Socketmap *SocketmapConf `toml:"socketmap"`
+	Log           LogConfig          `toml:"log"`
+	Metrics       MetricsConfig      `toml:"metrics"`
+	Limits        LimitsConfig       `toml:"limits"`
+	Listeners     []Listener         `toml:"listener"`
+	Socketmap     *SocketmapConf     `toml:"socketmap"`
+	PolicyService *PolicyServiceConf `toml:"policy_service"`
 
 	Sign   SignConfig   `toml:"sign"`
 	Verify VerifyConfig `toml:"verify"`
@@ -166,6 +167,18 @@ type SocketmapConf struct {
 	Address string `toml:"address"`
 	Socket
 }
+
+// PolicyServiceConf is the Postfix policy service (check_policy_service)
+// that decides inbound recipients without a milter (see docs/postfix.md).
+type PolicyServiceConf struct {
+	// Address is "unix:/path" or "inet:HOST:PORT".
+	Address string `toml:"address"`
+	Socket
+}
+
+// PolicyServiceName labels the policy service's listener in logs and
+// metrics.
+const PolicyServiceName = "policy_service"
 
 // Socket is the ownership and mode of a unix socket.
 type Socket struct {
@@ -329,6 +342,8 @@ func (c *Config) Check() []error {
 		key := fmt.Sprintf("listener[%d]", i)
 		if l.Name == "" {
 			add(key+".name", "must be set")
+		} else if l.Name == "socketmap" || l.Name == PolicyServiceName {
+			add(key+".name", "%q names the listener of [%s] in logs and metrics: choose another", l.Name, l.Name)
 		} else if names[l.Name] {
 			add(key+".name", "%q is used twice", l.Name)
 		}
@@ -342,6 +357,10 @@ func (c *Config) Check() []error {
 	if c.Socketmap != nil {
 		checkAddress("socketmap.address", c.Socketmap.Address, addrs, add)
 		checkSocket("socketmap", c.Socketmap.Address, c.Socketmap.Socket, add)
+	}
+	if ps := c.PolicyService; ps != nil {
+		checkAddress("policy_service.address", ps.Address, addrs, add)
+		checkSocket("policy_service", ps.Address, ps.Socket, add)
 	}
 	return out
 }

@@ -49,6 +49,9 @@ invalid_tag_reply = "deliver"
 exempt_clients = ["198.51.100.0/24"]
 grace_until = 2027-01-01T00:00:00Z
 status_header = "X-Our-BATV"
+[policy_service]
+address = "unix:/var/spool/postfix/batv/policy.sock"
+socket_group = "postfix"
 `
 
 func TestParseValidConfig(t *testing.T) {
@@ -61,6 +64,9 @@ func TestParseValidConfig(t *testing.T) {
 		cfg.Verify.UntaggedBounce != "tempfail" || cfg.Limits.MaxConnections != 100 || cfg.Log.Format != "json" ||
 		!cfg.Verify.GraceUntil.Equal(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)) || cfg.Verify.StatusHeader != "X-Our-BATV" {
 		t.Fatalf("parsed %+v", cfg)
+	}
+	if ps := cfg.PolicyService; ps == nil || ps.Address != "unix:/var/spool/postfix/batv/policy.sock" || ps.Group != "postfix" {
+		t.Fatalf("policy service %+v", ps)
 	}
 	// Options not in the file keep their defaults.
 	if !cfg.Sign.Authenticated || !cfg.Verify.RemoveForgedHeaders || cfg.Verify.Delimiter != "+" {
@@ -100,6 +106,14 @@ socket_group = "postfix"`, `batv.toml:21: listener[1].socket_group: applies to u
 		{"reply action", `invalid_tag_reply = "deliver"`, `invalid_tag_reply = "drop"`, `verify.invalid_tag_reply: "drop"`},
 		{"client", `"198.51.100.0/24"`, `"partner.example"`, `verify.exempt_clients: "partner.example"`},
 		{"header", `status_header = "X-Our-BATV"`, `status_header = "X Our"`, `verify.status_header: "X Our"`},
+		{"policy service socket", `"unix:/var/spool/postfix/batv/policy.sock"`, `"unix:batv/policy.sock"`,
+			`batv.toml:39: policy_service.address: "unix:batv/policy.sock": a unix socket path must be absolute`},
+		{"policy service address used twice", `"unix:/var/spool/postfix/batv/policy.sock"`, `"unix:/var/spool/postfix/batv/socketmap.sock"`,
+			`batv.toml:39: policy_service.address: "unix:/var/spool/postfix/batv/socketmap.sock" is used twice`},
+		{"policy service group on TCP", `"unix:/var/spool/postfix/batv/policy.sock"`, `"inet:127.0.0.1:8893"`,
+			`batv.toml:40: policy_service.socket_group: applies to unix sockets only`},
+		{"a listener named as the policy service", `name = "submission"`, `name = "policy_service"`,
+			`batv.toml:18: listener[1].name: "policy_service" names the listener of [policy_service]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

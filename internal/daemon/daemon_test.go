@@ -90,6 +90,13 @@ var keyringCreated = time.Now().Add(-30 * 24 * time.Hour)
 
 func startTestDaemon(t *testing.T) *testDaemon {
 	t.Helper()
+	return startTestDaemonWith(t, func(td *testDaemon) string { return fmt.Sprintf(testConfig, td.keyring, td.sock, "", "") })
+}
+
+// startTestDaemonWith is startTestDaemon with the configuration that
+// config returns.
+func startTestDaemonWith(t *testing.T, config func(td *testDaemon) string) *testDaemon {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "batvd")
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +107,7 @@ func startTestDaemon(t *testing.T) *testDaemon {
 	if _, err := (keyring.File{Path: td.keyring}).Create(keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
-	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""))
+	td.writeConfig(config(td))
 	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload}, td.stop, td.done)
 	return td
 }
