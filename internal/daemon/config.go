@@ -261,7 +261,9 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		}
 		errs = append(errs, fmt.Sprintf("%s:%d: unknown key %q", name, loc.line(k), k.String()))
 	}
-	if len(cfg.Listeners) == 0 {
+	// A file with no milter listener gets the default one, unless it
+	// serves the policy service: an MX can run without a milter.
+	if len(cfg.Listeners) == 0 && cfg.PolicyService == nil {
 		cfg.Listeners = DefaultConfig().Listeners
 	}
 	problems := cfg.Check()

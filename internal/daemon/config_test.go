@@ -186,3 +186,20 @@ func TestPolicyFields(t *testing.T) {
 		t.Fatalf("policy configuration %+v", p)
 	}
 }
+
+// TestPolicyServiceWithoutMilter: a file with [policy_service] and no
+// [[listener]] opens no milter listener; one with neither gets the
+// default milter listener.
+func TestPolicyServiceWithoutMilter(t *testing.T) {
+	cfg, err := ParseConfig("batv.toml", []byte("keyring = \"/k\"\n[policy_service]\naddress = \"unix:/run/batv/policy.sock\"\n[sign]\ndomains = [\"example.com\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Listeners) != 0 || cfg.PolicyService == nil {
+		t.Fatalf("listeners %v, policy service %v", cfg.Listeners, cfg.PolicyService)
+	}
+	cfg, err = ParseConfig("batv.toml", []byte("keyring = \"/k\"\n[sign]\ndomains = [\"example.com\"]\n"))
+	if err != nil || len(cfg.Listeners) != 1 || cfg.Listeners[0].Name != "milter" {
+		t.Fatalf("no listener: %v, %v", cfg, err)
+	}
+}

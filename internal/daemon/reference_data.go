@@ -177,7 +177,8 @@ it below systemd's TimeoutStopSec (90s by default).`,
 		doc: `Each [[listener]] table is one socket the MTA connects to with the milter
 protocol. The listeners in a file replace the default one; a file without
 any [[listener]] gets the default: name "milter", address
-inet:127.0.0.1:8891, roles ["outbound", "inbound"].
+inet:127.0.0.1:8891, roles ["outbound", "inbound"], unless it has a
+[policy_service] table: an MX can then run without a milter.
 
 Socket placement for Postfix: put unix sockets in a directory under
 Postfix's queue directory, /var/spool/postfix/batv (owner batv, group
