@@ -12,8 +12,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
@@ -62,6 +64,8 @@ type Server struct {
 	Metrics *metrics.Metrics
 	// Now returns the time; nil means time.Now.
 	Now func() time.Time
+
+	opts atomic.Pointer[policyOptions] // the last policy's, see options
 }
 
 // Serve serves the milter on every connection l accepts, until l shuts
@@ -83,12 +87,27 @@ var libraryLog sync.Once
 // ServeConn runs one milter session on c and closes it at the end.
 func (s *Server) ServeConn(c *serve.Conn) {
 	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), w: bufio.NewWriterSize(c, writeBufferSize)}
-	actions, protocol := s.negotiation()
-	ms := gomilter.NewServer(
+	ms := gomilter.NewServer(append(s.options(),
 		gomilter.WithDynamicMilter(func(version uint32, _ gomilter.OptAction, protocol gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
 			c.Log().Debug("negotiated", "version", version, "no_reply", noReplyEvents(protocol))
 			return &session{srv: s, conn: mc}
-		}),
+		}))...)
+	// The library runs the session in a goroutine of its own; Serve
+	// returns as soon as the one-connection listener has nothing more to
+	// give. The session closes mc when it ends.
+	_ = ms.Serve(&oneConnListener{c: mc})
+}
+
+// options are go-milter's options for the policy in force, all but the
+// milter's own: the same for every connection until a reload replaces the
+// policy, so they are made once per policy rather than per connection.
+func (s *Server) options() []gomilter.Option {
+	p := s.Policy()
+	if o := s.opts.Load(); o != nil && o.policy == p {
+		return o.opts
+	}
+	actions, protocol := s.negotiation(p)
+	opts := []gomilter.Option{
 		gomilter.WithActions(actions),
 		gomilter.WithProtocols(protocol),
 		gomilter.WithNegotiationCallback(negotiate),
@@ -96,18 +115,22 @@ func (s *Server) ServeConn(c *serve.Conn) {
 		gomilter.WithMacroRequest(gomilter.StageMail, []gomilter.MacroName{gomilter.MacroAuthAuthen, gomilter.MacroQueueId}),
 		gomilter.WithMacroRequest(gomilter.StageRcpt, []gomilter.MacroName{gomilter.MacroQueueId}),
 		gomilter.WithMacroRequest(gomilter.StageEOM, []gomilter.MacroName{gomilter.MacroQueueId}),
-	)
-	// The library runs the session in a goroutine of its own; Serve
-	// returns as soon as the one-connection listener has nothing more to
-	// give. The session closes mc when it ends.
-	_ = ms.Serve(&oneConnListener{c: mc})
+	}
+	opts = slices.Clip(opts) // full, so that each connection's append copies it
+	s.opts.Store(&policyOptions{policy: p, opts: opts})
+	return opts
+}
+
+// policyOptions are the options made for a policy.
+type policyOptions struct {
+	policy *policy.Policy
+	opts   []gomilter.Option
 }
 
 // negotiation returns what the milter asks of the MTA: only the actions
 // and events its roles need, since every event the MTA waits on is a
 // round trip.
-func (s *Server) negotiation() (gomilter.OptAction, gomilter.OptProtocol) {
-	p := s.Policy()
+func (s *Server) negotiation(p *policy.Policy) (gomilter.OptAction, gomilter.OptProtocol) {
 	var act gomilter.OptAction
 	proto := gomilter.OptNoHelo | gomilter.OptNoUnknown | gomilter.OptNoEOH | gomilter.OptNoBody
 	if s.Roles&Inbound == 0 || !p.RefusesAtData() {
