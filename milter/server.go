@@ -86,7 +86,7 @@ var libraryLog sync.Once
 
 // ServeConn runs one milter session on c and closes it at the end.
 func (s *Server) ServeConn(c *serve.Conn) {
-	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), w: bufio.NewWriterSize(c, writeBufferSize)}
+	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize)}
 	ms := gomilter.NewServer(append(s.options(),
 		gomilter.WithDynamicMilter(func(version uint32, _ gomilter.OptAction, protocol gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
 			c.Log().Debug("negotiated", "version", version, "no_reply", noReplyEvents(protocol))
@@ -188,7 +188,32 @@ const readBufferSize = 1024
 const writeBufferSize = 1024
 
 // Write holds go-milter's write until it reads next (see Read).
-func (c *conn) Write(p []byte) (int, error) { return c.w.Write(p) }
+func (c *conn) Write(p []byte) (int, error) {
+	if c.w == nil {
+		c.w = writers.Get().(*bufio.Writer)
+		c.w.Reset(c.Conn)
+	}
+	return c.w.Write(p)
+}
+
+// writers are the write buffers of the connections in the middle of a
+// reply: a connection takes one at go-milter's first write of a round trip
+// and gives it back once it has sent the round trip's replies, so that
+// the connections waiting for their MTA, most of them most of the time,
+// hold none.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufferSize) }}
+
+// flush sends what go-milter wrote and gives the write buffer back.
+func (c *conn) flush() error {
+	if c.w == nil {
+		return nil
+	}
+	err := c.w.Flush()
+	c.w.Reset(nil)
+	writers.Put(c.w)
+	c.w = nil
+	return err
+}
 
 // Packet checks. go-milter v0.10.1 allocates a packet's announced length
 // before it reads it (up to 512 MB), and panics, taking the whole process
@@ -213,7 +238,7 @@ var errPacket = errors.New("milter: packet refused")
 type conn struct {
 	*serve.Conn
 	r    *bufio.Reader
-	w    *bufio.Writer // go-milter's writes, sent when it reads next: one write per round trip
+	w    *bufio.Writer // go-milter's writes, sent when it reads next: one write per round trip; nil between
 	left int           // bytes of the current packet go-milter has still to read
 	size int           // length of the current packet, header included
 	last byte          // command of the current (or last) packet
@@ -226,10 +251,8 @@ func (c *conn) Read(p []byte) (int, error) {
 	// their own; it reads only once it has written all it will write
 	// before the MTA's next packet. So what it wrote goes out now, in one
 	// write.
-	if c.w.Buffered() > 0 {
-		if err := c.w.Flush(); err != nil {
-			return 0, err
-		}
+	if err := c.flush(); err != nil {
+		return 0, err
 	}
 	if c.left == 0 {
 		hdr, err := c.r.Peek(5)
@@ -293,7 +316,7 @@ func (c *conn) refuse(cmd byte, why string) error {
 // ended by go-milter itself: a malformed or unexpected packet, or a
 // callback that failed (go-milter's own warning says which).
 func (c *conn) Close() error {
-	_ = c.w.Flush() // a reply to a last command, then QUIT
+	_ = c.flush() // a reply to a last command, then QUIT
 	if c.SetEnd("error") {
 		c.Log().Warn("session ended: go-milter gave up on it (a malformed or unexpected packet, or a failed callback)",
 			"last_command", fmt.Sprintf("%q", c.last))
