@@ -3,6 +3,8 @@ package milter
 import (
 	"io"
 	"log/slog"
+	"runtime"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"testing"
 	"time"
@@ -133,4 +135,89 @@ func TestChanges(t *testing.T) {
 	if got := mods(res); got != want {
 		t.Errorf("changes\n%s\nwant\n%s", got, want)
 	}
+}
+
+// BenchmarkConnectionMemory is what an open connection holds on the
+// milter's side between messages, with 256 connections open that have each
+// passed a bounce: heap-B/conn, the bytes in use allocated under the
+// server's frames (the memory profile, every allocation sampled; the MTA
+// side's own are left out), and stack-B/conn, the goroutine stacks
+// (the MTA side runs none). ns/op is the time to open the 256 connections
+// and pass their messages. docs/performance.md has the figures.
+func BenchmarkConnectionMemory(b *testing.B) {
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1
+	path := benchServer(b, Outbound|Inbound, nil)
+	valid := tag(b, "user@example.com", 1)
+	bounce := &mta.Message{Sender: "", Recipients: []string{valid}, QueueID: "4ABD",
+		Headers: benchHeaders(valid), Body: benchBody}
+	const n = 256
+	var heap, stack float64
+	for b.Loop() {
+		b.StopTimer()
+		stacks0, heap0 := stackBytes(), serverHeap(b)
+		b.StartTimer()
+		var cs []*mta.Session
+		for range n {
+			c := benchDial(b, path, "198.51.100.25", "mail.example.com")
+			if res, err := c.Send(bounce); err != nil || !rewritten(res) {
+				b.Fatalf("%v %v", res, err)
+			}
+			cs = append(cs, c)
+		}
+		b.StopTimer()
+		heap = float64(serverHeap(b)-heap0) / n
+		if heap <= 0 {
+			b.Fatal("no allocation of the milter side in the memory profile")
+		}
+		stack = float64(stackBytes()-stacks0) / n
+		for _, c := range cs {
+			c.Close()
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(heap, "heap-B/conn")
+	b.ReportMetric(stack, "stack-B/conn")
+}
+
+// stackBytes is the memory of the goroutine stacks.
+func stackBytes() uint64 {
+	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/stacks:bytes"}}
+	runtime.GC()
+	rtmetrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// serverHeap is the heap in use allocated under the frames of the milter
+// side, as of a fresh garbage collection.
+func serverHeap(b *testing.B) int64 {
+	runtime.GC()
+	runtime.GC() // the profile is that of the last completed cycle
+	var recs []runtime.MemProfileRecord
+	n, _ := runtime.MemProfile(nil, false)
+	for {
+		recs = make([]runtime.MemProfileRecord, n+50)
+		var ok bool
+		if n, ok = runtime.MemProfile(recs, false); ok {
+			recs = recs[:n]
+			break
+		}
+	}
+	var total int64
+	for _, r := range recs {
+		frames := runtime.CallersFrames(r.Stack())
+		for {
+			f, more := frames.Next()
+			if strings.HasPrefix(f.Function, "github.com/d--j/go-milter.(*Server).Serve") ||
+				strings.HasPrefix(f.Function, "github.com/batv/batv/milter.(*Server).ServeConn") ||
+				strings.HasPrefix(f.Function, "github.com/batv/batv/internal/serve.(*Listener).Serve") {
+				total += r.InUseBytes()
+				break
+			}
+			if !more {
+				break
+			}
+		}
+	}
+	return total
 }

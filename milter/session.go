@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
@@ -137,7 +138,7 @@ func (s *session) RcptTo(rcpt, _ string, m gomilter.Modifier) (_ *gomilter.Respo
 	if r := st.d.RcptReply(); r.Refuses() {
 		// A reply code refuses this recipient only; the transaction and
 		// its other recipients go on.
-		return gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Text)
+		return refusal(r)
 	}
 	return gomilter.RespContinue, nil
 }
@@ -160,7 +161,7 @@ func (s *session) Data(m gomilter.Modifier) (_ *gomilter.Response, err error) {
 	s.srv.Metrics.DataRefusal()
 	s.log().Info("bounce refused at DATA", "queue_id", s.queueID, "direction", "inbound", "reply", r.String(),
 		"recipients", len(s.rcpts), "client", s.client.Addr)
-	return gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Text)
+	return refusal(r)
 }
 
 func (s *session) Header(name, _ string, _ gomilter.Modifier) (*gomilter.Response, error) {
@@ -267,7 +268,7 @@ func (s *session) applyOutbound(m gomilter.Modifier) (*gomilter.Response, error)
 			s.log().Error("signing failed", "queue_id", s.queueID, "direction", "outbound",
 				"sender", senderWord(s.sender), "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
 			if s.policy.TempfailOnSignError() {
-				return gomilter.RejectWithCodeAndReason(451, "4.3.0 Temporary failure signing the sender address (BATV)")
+				return refusal(replySignFailed)
 			}
 			return gomilter.RespContinue, nil
 		}
@@ -328,27 +329,7 @@ func (s *session) recover(err *error) {
 }
 
 func (s *session) logRecipient(rcpt string, d policy.Decision) {
-	attrs := []any{"queue_id", s.queueID, "direction", "inbound", "outcome", d.Status.String(),
-		"action", d.Action.String(), "reason", d.Reason, "rcpt", rcpt}
-	if d.KeyID >= 0 {
-		attrs = append(attrs, "key_id", d.KeyID)
-	}
-	if d.AtData {
-		attrs = append(attrs, "stage", "data")
-	}
-	if d.Mailbox != "" {
-		attrs = append(attrs, "mailbox", d.Mailbox)
-	}
-	if d.Rewrite != "" {
-		attrs = append(attrs, "untagged", d.Rewrite)
-	}
-	attrs = append(attrs, "sender", senderWord(s.sender), "bounce", s.trx.Bounce())
-	// The client, to match the line with Postfix's own (NOQUEUE: reject:
-	// RCPT from host[addr]) when there is no queue id yet.
-	if s.client.Addr.IsValid() {
-		attrs = append(attrs, "client", s.client.Addr)
-	}
-	s.log().Info("recipient", attrs...)
+	s.log().Info("recipient", d.LogAttrs(s.queueID, rcpt, s.sender, s.trx.Bounce(), s.client.Addr)...)
 }
 
 func (s *session) log() *slog.Logger { return s.conn.Log() }
@@ -360,4 +341,27 @@ func senderWord(sender string) string {
 		return "<>"
 	}
 	return sender
+}
+
+// replySignFailed tempfails a message that cannot be signed (sign.on_error
+// = "tempfail").
+var replySignFailed = policy.Reply{Code: 451, Text: "4.3.0 Temporary failure signing the sender address (BATV)"}
+
+// refusals are go-milter's responses for the policy's replies, made once:
+// go-milter formats a reply through several text transformers, and the
+// policy has a handful of fixed replies. A response is only read, so one
+// serves every session.
+var refusals sync.Map // policy.Reply -> *gomilter.Response
+
+// refusal is the response that refuses with r.
+func refusal(r policy.Reply) (*gomilter.Response, error) {
+	if resp, ok := refusals.Load(r); ok {
+		return resp.(*gomilter.Response), nil
+	}
+	resp, err := gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Text)
+	if err != nil {
+		return nil, err
+	}
+	refusals.Store(r, resp)
+	return resp, nil
 }

@@ -220,6 +220,13 @@ func (p *Policy) Verifier() batv.Verifier { return p.verifier }
 // GraceUntil is the end of the grace period for untagged bounces.
 func (p *Policy) GraceUntil() time.Time { return p.graceUntil }
 
+// RefusesAtData reports whether untagged bounces are refused at DATA
+// (verify.refuse_untagged_at), so that a front end must hear of the DATA
+// command.
+func (p *Policy) RefusesAtData() bool {
+	return p.untaggedAtData && (p.untaggedBounce == ActReject || p.untaggedBounce == ActTempfail)
+}
+
 // StatusHeader is the name of the header the inbound front ends add.
 func (p *Policy) StatusHeader() string { return p.statusHeader }
 

@@ -492,3 +492,21 @@ func TestStripTable(t *testing.T) {
 		}
 	}
 }
+
+// shortKeys is a keyring that keeps its keys for tags of 5 days.
+type shortKeys struct{ batv.SingleKey }
+
+func (shortKeys) MaxLifetimeDays() int { return 5 }
+
+// TestNewChecksTheKeyringsLifetime: a policy whose tags would outlive the
+// keyring's keys is refused when it is built.
+func TestNewChecksTheKeyringsLifetime(t *testing.T) {
+	if _, err := New(DefaultConfig("example.com"), shortKeys{testKeys}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "verify.max_lifetime") {
+		t.Fatalf("7-day tags with a keyring for 5-day tags: %v", err)
+	}
+	cfg := DefaultConfig("example.com")
+	cfg.Sign.Lifetime = 5
+	if _, err := New(cfg, shortKeys{testKeys}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -24,7 +24,8 @@ func milterCommand() *cli.Command {
 		Name:  "milter",
 		Usage: "run the milter daemon (signing, verification and the Postfix lookup service)",
 		UsageText: "batv milter [--config FILE] [--domain DOMAIN]... [--keyring PATH]\n\n" +
-			"Serves the outbound and inbound milters and the socketmap lookup service.\n" +
+			"Serves the outbound and inbound milters, the socketmap lookup service and, with a\n" +
+			"[policy_service] table, the Postfix policy service.\n" +
 			"Without --config it is a trial run on the embedded default: a milter that verifies\n" +
 			"(inbound only) on inet:127.0.0.1:8891, socketmap on inet:127.0.0.1:8892, the --domain\n" +
 			"list, and the trial keyring " + trialKeyringName + "\n" +

@@ -45,6 +45,7 @@ func main() {
 	flag.IntVar(&o.warmup, "warmup", 1000, "warm-up messages before each measurement")
 	flag.IntVar(&o.runs, "runs", 3, "measurements per milter and scenario (the median is shown)")
 	flag.StringVar(&o.only, "only", "", "run only the scenarios whose name contains this")
+	flag.StringVar(&o.verify, "verify", "", "lines added to batv's [verify] table, e.g. 'refuse_untagged_at = \"rcpt\"'")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -58,6 +59,7 @@ func main() {
 
 type runOptions struct {
 	batv, ref              string
+	verify                 string // lines for batv's [verify] table
 	messages, warmup, runs int
 	only                   string
 }
@@ -122,8 +124,8 @@ func run(ctx context.Context, o runOptions, out io.Writer) (err error) {
 		{"out", "unix:" + sock("out"), `"outbound"`},
 		{"in", "unix:" + sock("in"), `"inbound"`},
 		{"tcp", fmt.Sprintf("inet:127.0.0.1:%d", batvPort), `"outbound", "inbound"`},
-	})
-	cfgB := daemonConfig(kr, false, []listener{{"in", "unix:" + sock("in-nohdr"), `"inbound"`}})
+	}, o.verify)
+	cfgB := daemonConfig(kr, false, []listener{{"in", "unix:" + sock("in-nohdr"), `"inbound"`}}, o.verify)
 	start := func(name string, args ...string) (*proc, error) {
 		p, err := startProc(ctx, filepath.Join(dir, name+".log"), args...)
 		if err == nil {
@@ -272,14 +274,14 @@ type listener struct{ name, address, roles string }
 // daemonConfig is a batv.toml for the benchmark: the keyring, info-level
 // logs, the listeners, signing and verifying example.com (the load
 // generator's default domain), and no grace period for untagged bounces.
-func daemonConfig(keyringPath string, removeForged bool, ls []listener) string {
+func daemonConfig(keyringPath string, removeForged bool, ls []listener, verify string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "keyring = %q\n\n[log]\nlevel = \"info\"\n\n[limits]\nmax_connections = 4096\n\n", keyringPath)
 	for _, l := range ls {
 		fmt.Fprintf(&b, "[[listener]]\nname = %q\naddress = %q\nroles = [%s]\n\n", l.name, l.address, l.roles)
 	}
-	fmt.Fprintf(&b, "[sign]\ndomains = [%q]\n\n[verify]\ngrace_until = 2000-01-01T00:00:00Z\nremove_forged_headers = %v\n",
-		load.DefaultDomain, removeForged)
+	fmt.Fprintf(&b, "[sign]\ndomains = [%q]\n\n[verify]\ngrace_until = 2000-01-01T00:00:00Z\nremove_forged_headers = %v\n%s\n",
+		load.DefaultDomain, removeForged, verify)
 	return b.String()
 }
 

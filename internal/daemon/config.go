@@ -1,7 +1,7 @@
 // Package daemon runs the batv milter daemon: it reads the configuration
-// file and the keyring, serves the milter and socketmap listeners, and
-// reloads, logs, counts and shuts down the way a mail administrator
-// expects.
+// file and the keyring, serves the milter, socketmap and policy service
+// listeners, and reloads, logs, counts and shuts down the way a mail
+// administrator expects.
 package daemon
 
 import (
@@ -43,11 +43,12 @@ type Config struct {
 	// KeyringPoll is how often the keyring file is checked for changes.
 	KeyringPoll Duration `toml:"keyring_poll"`
 
-	Log       LogConfig      `toml:"log"`
-	Metrics   MetricsConfig  `toml:"metrics"`
-	Limits    LimitsConfig   `toml:"limits"`
-	Listeners []Listener     `toml:"listener"`
-	Socketmap *SocketmapConf `toml:"socketmap"`
+	Log           LogConfig          `toml:"log"`
+	Metrics       MetricsConfig      `toml:"metrics"`
+	Limits        LimitsConfig       `toml:"limits"`
+	Listeners     []Listener         `toml:"listener"`
+	Socketmap     *SocketmapConf     `toml:"socketmap"`
+	PolicyService *PolicyServiceConf `toml:"policy_service"`
 
 	Sign   SignConfig   `toml:"sign"`
 	Verify VerifyConfig `toml:"verify"`
@@ -170,6 +171,18 @@ type SocketmapConf struct {
 	Socket
 }
 
+// PolicyServiceConf is the Postfix policy service (check_policy_service)
+// that decides inbound recipients without a milter (see docs/postfix.md).
+type PolicyServiceConf struct {
+	// Address is "unix:/path" or "inet:HOST:PORT".
+	Address string `toml:"address"`
+	Socket
+}
+
+// PolicyServiceName labels the policy service's listener in logs and
+// metrics.
+const PolicyServiceName = "policy_service"
+
 // Socket is the ownership and mode of a unix socket.
 type Socket struct {
 	// Mode is the octal permission of a unix socket, e.g. "0660".
@@ -253,7 +266,9 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		}
 		errs = append(errs, fmt.Sprintf("%s:%d: unknown key %q", name, loc.line(k), k.String()))
 	}
-	if len(cfg.Listeners) == 0 {
+	// A file with no milter listener gets the default one, unless it
+	// serves the policy service: an MX can run without a milter.
+	if len(cfg.Listeners) == 0 && cfg.PolicyService == nil {
 		cfg.Listeners = DefaultConfig().Listeners
 	}
 	problems := cfg.Check()
@@ -326,6 +341,8 @@ func (c *Config) Check() []error {
 		key := fmt.Sprintf("listener[%d]", i)
 		if l.Name == "" {
 			add(key+".name", "must be set")
+		} else if l.Name == "socketmap" || l.Name == PolicyServiceName {
+			add(key+".name", "%q names the listener of [%s] in logs and metrics: choose another", l.Name, l.Name)
 		} else if names[l.Name] {
 			add(key+".name", "%q is used twice", l.Name)
 		}
@@ -337,6 +354,9 @@ func (c *Config) Check() []error {
 	}
 	if c.Socketmap != nil {
 		checkSocket("socketmap", c.Socketmap.Address, c.Socketmap.Socket, add)
+	}
+	if ps := c.PolicyService; ps != nil {
+		checkSocket("policy_service", ps.Address, ps.Socket, add)
 	}
 	var seen []endpoint
 	for _, e := range c.endpoints() {
@@ -365,7 +385,7 @@ func (c *Config) Warnings() []string {
 		if e.err != nil || e.network != "tcp" {
 			continue
 		}
-		what := "a milter or lookup listener"
+		what := "a milter, lookup or policy listener"
 		if e.key == "metrics.listen" {
 			what = "the metrics endpoint"
 		}
@@ -407,6 +427,9 @@ func (c *Config) endpoints() []endpoint {
 	}
 	if c.Socketmap != nil {
 		out = append(out, newEndpoint("socketmap.address", c.Socketmap.Address))
+	}
+	if c.PolicyService != nil {
+		out = append(out, newEndpoint("policy_service.address", c.PolicyService.Address))
 	}
 	if c.Metrics.Listen != "" {
 		e := endpoint{key: "metrics.listen", addr: c.Metrics.Listen, network: "tcp"}

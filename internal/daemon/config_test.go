@@ -51,6 +51,9 @@ invalid_tag_reply = "deliver"
 exempt_clients = ["198.51.100.0/24"]
 grace_until = 2027-01-01T00:00:00Z
 status_header = "X-Our-BATV"
+[policy_service]
+address = "unix:/var/spool/postfix/batv/policy.sock"
+socket_group = "postfix"
 `
 
 func TestParseValidConfig(t *testing.T) {
@@ -63,6 +66,9 @@ func TestParseValidConfig(t *testing.T) {
 		cfg.Verify.UntaggedBounce != "tempfail" || cfg.Limits.MaxConnections != 100 || cfg.Log.Format != "json" ||
 		!cfg.Verify.GraceUntil.Equal(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)) || cfg.Verify.StatusHeader != "X-Our-BATV" {
 		t.Fatalf("parsed %+v", cfg)
+	}
+	if ps := cfg.PolicyService; ps == nil || ps.Address != "unix:/var/spool/postfix/batv/policy.sock" || ps.Group != "postfix" {
+		t.Fatalf("policy service %+v", ps)
 	}
 	// Options not in the file keep their defaults.
 	if !cfg.Sign.Authenticated || !cfg.Verify.RemoveForgedHeaders || cfg.Verify.Delimiter != "+" {
@@ -112,6 +118,14 @@ socket_group = "postfix"`, `batv.toml:21: listener[1].socket_group: applies to u
 		{"reply action", `invalid_tag_reply = "deliver"`, `invalid_tag_reply = "drop"`, `verify.invalid_tag_reply: "drop"`},
 		{"client", `"198.51.100.0/24"`, `"partner.example"`, `verify.exempt_clients: "partner.example"`},
 		{"header", `status_header = "X-Our-BATV"`, `status_header = "X Our"`, `verify.status_header: "X Our"`},
+		{"policy service socket", `"unix:/var/spool/postfix/batv/policy.sock"`, `"unix:batv/policy.sock"`,
+			`batv.toml:39: policy_service.address: "unix:batv/policy.sock": a unix socket path must be absolute`},
+		{"policy service address used twice", `"unix:/var/spool/postfix/batv/policy.sock"`, `"unix:/var/spool/postfix/batv/socketmap.sock"`,
+			`batv.toml:39: policy_service.address: "unix:/var/spool/postfix/batv/socketmap.sock" is the same socket as socketmap.address ("unix:/var/spool/postfix/batv/socketmap.sock")`},
+		{"policy service group on TCP", `"unix:/var/spool/postfix/batv/policy.sock"`, `"inet:127.0.0.1:8893"`,
+			`batv.toml:40: policy_service.socket_group: applies to unix sockets only`},
+		{"a listener named as the policy service", `name = "submission"`, `name = "policy_service"`,
+			`batv.toml:18: listener[1].name: "policy_service" names the listener of [policy_service]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -188,9 +202,9 @@ func TestPolicyFields(t *testing.T) {
 // TestWarningsLoggedAtStart: what check-config prints as a warning the
 // daemon logs at start, at level WARN.
 func TestWarningsLoggedAtStart(t *testing.T) {
-	td := newTestDaemon(t)
-	td.writeConfig(strings.Replace(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""), `listen = "127.0.0.1:0"`, `listen = ":0"`, 1))
-	runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log}, td.stop, td.done)
+	td := startTestDaemonWith(t, func(td *testDaemon) string {
+		return strings.Replace(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""), `listen = "127.0.0.1:0"`, `listen = ":0"`, 1)
+	})
 	want := `level=WARN msg="configuration: metrics.listen: \":0\" listens on every interface: every host that reaches this one can talk to the metrics endpoint"`
 	if !strings.Contains(td.log.String(), want) {
 		t.Fatalf("no %s in the log:\n%s", want, td.log.String())
@@ -214,5 +228,22 @@ func TestEmbeddedDefaultDoesNotSignOnTCP(t *testing.T) {
 	want := `listener[0].address: "inet:127.0.0.1:8891" signs (role outbound) on TCP: every local user can connect`
 	if w := cfg.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], want) {
 		t.Errorf("warnings %q, want %q", w, want)
+	}
+}
+
+// TestPolicyServiceWithoutMilter: a file with [policy_service] and no
+// [[listener]] opens no milter listener; one with neither gets the
+// default milter listener.
+func TestPolicyServiceWithoutMilter(t *testing.T) {
+	cfg, err := ParseConfig("batv.toml", []byte("keyring = \"/k\"\n[policy_service]\naddress = \"unix:/run/batv/policy.sock\"\n[sign]\ndomains = [\"example.com\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Listeners) != 0 || cfg.PolicyService == nil {
+		t.Fatalf("listeners %v, policy service %v", cfg.Listeners, cfg.PolicyService)
+	}
+	cfg, err = ParseConfig("batv.toml", []byte("keyring = \"/k\"\n[sign]\ndomains = [\"example.com\"]\n"))
+	if err != nil || len(cfg.Listeners) != 1 || cfg.Listeners[0].Name != "milter" {
+		t.Fatalf("no listener: %v, %v", cfg, err)
 	}
 }

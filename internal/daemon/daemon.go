@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/batv/batv/internal/metrics"
+	"github.com/batv/batv/internal/policyd"
 	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/internal/socketmap"
 	"github.com/batv/batv/keyring"
@@ -133,7 +134,8 @@ func Run(opts Options) error {
 	}
 	go d.keys.Run(ctx, time.Duration(cfg.KeyringPoll))
 	d.log.Info("batv started", "version", opts.Version, "config", d.configName(), "keyring", cfg.Keyring,
-		"listeners", len(cfg.Listeners), "socketmap", cfg.Socketmap != nil, "descriptors_needed", fdNeed, "descriptor_limit", fdLimit,
+		"listeners", len(cfg.Listeners), "socketmap", cfg.Socketmap != nil, "policy_service", cfg.PolicyService != nil,
+		"descriptors_needed", fdNeed, "descriptor_limit", fdLimit,
 		"grace_until", st.policy.GraceUntil().UTC().Format(time.RFC3339))
 	d.logKeyring()
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
@@ -358,6 +360,9 @@ func listenersChanged(a, b *Config) string {
 	if fmt.Sprint(a.Socketmap) != fmt.Sprint(b.Socketmap) {
 		changed = append(changed, "socketmap")
 	}
+	if fmt.Sprint(a.PolicyService) != fmt.Sprint(b.PolicyService) {
+		changed = append(changed, PolicyServiceName)
+	}
 	if a.Metrics != b.Metrics {
 		changed = append(changed, "metrics")
 	}
@@ -416,6 +421,15 @@ func (d *Daemon) listen(cfg *Config, mm *metrics.Metrics) error {
 		guard := newLookupGuard(d.log, mm)
 		run(l, "socketmap", func(c *serve.Conn) { socketmap.ServeConn(c, d.lookup(guard, c)) })
 		d.log.Info("listening", "listener", "socketmap", "address", sm.Address)
+	}
+	if ps := cfg.PolicyService; ps != nil {
+		l, err := open(PolicyServiceName, ps.Address, ps.Socket)
+		if err != nil {
+			return err
+		}
+		srv := &policyd.Server{Handler: &policyd.Frontend{Policy: current, Metrics: mm, Now: d.opts.Now}}
+		run(l, PolicyServiceName, srv.ServeConn)
+		d.log.Info("listening", "listener", PolicyServiceName, "address", ps.Address)
 	}
 	if cfg.Metrics.Listen != "" {
 		if err := d.serveMetrics(cfg.Metrics.Listen); err != nil {

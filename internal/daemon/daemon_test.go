@@ -90,15 +90,12 @@ var keyringCreated = time.Now().Add(-30 * 24 * time.Hour)
 
 func startTestDaemon(t *testing.T) *testDaemon {
 	t.Helper()
-	td := newTestDaemon(t)
-	td.writeConfig(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""))
-	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload}, td.stop, td.done)
-	return td
+	return startTestDaemonWith(t, func(td *testDaemon) string { return fmt.Sprintf(testConfig, td.keyring, td.sock, "", "") })
 }
 
-// newTestDaemon makes a test daemon's directory and keyring, and starts
-// nothing.
-func newTestDaemon(t *testing.T) *testDaemon {
+// startTestDaemonWith is startTestDaemon with the configuration that
+// config returns.
+func startTestDaemonWith(t *testing.T, config func(td *testDaemon) string) *testDaemon {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "batvd")
 	if err != nil {
@@ -110,6 +107,8 @@ func newTestDaemon(t *testing.T) *testDaemon {
 	if _, err := (keyring.File{Path: td.keyring}).Create(keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
+	td.writeConfig(config(td))
+	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log, Reload: td.reload}, td.stop, td.done)
 	return td
 }
 

@@ -177,41 +177,67 @@ func (fd *faultDaemon) faultMail(i int, c *mta.Session) error {
 	return nil
 }
 
-// runLoad sends faultMail from n connections until stop is closed, and
-// returns the number of messages checked and the first wrong answer.
-func (fd *faultDaemon) runLoad(n int, stop <-chan struct{}) func() (int64, error) {
-	var (
-		wg    sync.WaitGroup
-		count atomic.Int64
-		mu    sync.Mutex
-		first error
-	)
+// mailLoad is faultMail sent from several connections until stopped.
+type mailLoad struct {
+	count atomic.Int64
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	first error
+}
+
+// runLoad sends faultMail from n connections until stopped.
+func (fd *faultDaemon) runLoad(n int) *mailLoad {
+	l := &mailLoad{stop: make(chan struct{})}
 	for w := range n {
 		c := fd.dial()
-		wg.Go(func() {
+		l.wg.Go(func() {
 			defer c.Close()
 			for i := w; ; i++ {
 				select {
-				case <-stop:
+				case <-l.stop:
 					return
 				default:
 				}
 				if err := fd.faultMail(i, c); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
+					l.mu.Lock()
+					if l.first == nil {
+						l.first = err
 					}
-					mu.Unlock()
+					l.mu.Unlock()
 					return
 				}
-				count.Add(1)
+				l.count.Add(1)
 			}
 		})
 	}
-	return func() (int64, error) {
-		wg.Wait()
-		return count.Load(), first
+	return l
+}
+
+// flow waits until n more messages were checked, and fails the test if
+// they take more than 10 s or one was decided wrong.
+func (l *mailLoad) flow(t *testing.T, n int64) {
+	t.Helper()
+	start := l.count.Load()
+	for deadline := time.Now().Add(10 * time.Second); l.count.Load() < start+n; time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		err := l.first
+		l.mu.Unlock()
+		if err != nil {
+			t.Fatalf("a wrong answer after %d right ones: %v", l.count.Load(), err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d messages in 10 s", l.count.Load()-start)
+		}
 	}
+}
+
+// end stops the load and returns the number of messages checked and the
+// first wrong answer.
+func (l *mailLoad) end() (int64, error) {
+	close(l.stop)
+	l.wg.Wait()
+	return l.count.Load(), l.first
 }
 
 // replaceFile puts content at path the way a careful tool does: a
@@ -239,8 +265,7 @@ func replaceFile(t *testing.T, path string, content []byte, mode os.FileMode) {
 func TestKeyringFaultsWhileMailFlows(t *testing.T) {
 	clock := newClock(time.Now())
 	fd := startFaultDaemon(t, clock, clock.Now().Add(-30*24*time.Hour), "", "")
-	stop := make(chan struct{})
-	wait := fd.runLoad(4, stop)
+	load := fd.runLoad(4)
 	const bad, good = "keyring changed but cannot be used", "keyring reloaded"
 
 	faults := []struct {
@@ -272,17 +297,16 @@ func TestKeyringFaultsWhileMailFlows(t *testing.T) {
 	}
 	nBad, nGood := 0, 0
 	for _, f := range faults {
-		time.Sleep(150 * time.Millisecond) // mail flows
+		load.flow(t, 10)
 		f.break_()
 		nBad = fd.waitLog(bad, nBad)
-		time.Sleep(250 * time.Millisecond) // mail flows with the file broken
+		load.flow(t, 20) // with the file broken
 		f.restore()
 		nGood = fd.waitLog(good, nGood)
 		t.Logf("%s: reported, then reloaded when put back", f.name)
 	}
-	time.Sleep(150 * time.Millisecond)
-	close(stop)
-	count, err := wait()
+	load.flow(t, 10)
+	count, err := load.end()
 	if err != nil {
 		t.Fatalf("a wrong answer after %d right ones: %v", count, err)
 	}
@@ -293,8 +317,15 @@ func TestKeyringFaultsWhileMailFlows(t *testing.T) {
 	// The counters match the log: one failure per broken state the
 	// watcher saw (a file rewritten in place can be seen twice: empty,
 	// then half written), one success per repair.
-	time.Sleep(300 * time.Millisecond) // the watcher's last poll
-	nBad, nGood = strings.Count(fd.log.String(), bad), strings.Count(fd.log.String(), good)
+	// The watcher's last poll may still be under way: wait until the
+	// counters and the log agree, at most 10 s.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		nBad, nGood = strings.Count(fd.log.String(), bad), strings.Count(fd.log.String(), good)
+		if fd.metric(`batv_reloads_total{result="failure",what="keyring"}`) == float64(nBad) &&
+			fd.metric(`batv_reloads_total{result="success",what="keyring"}`) == float64(nGood) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if got := fd.metric(`batv_reloads_total{result="failure",what="keyring"}`); got != float64(nBad) || nBad < len(faults) {
 		t.Errorf("keyring reload failures counted %v, logged %d, for %d faults", got, nBad, len(faults))
 	}
@@ -327,8 +358,7 @@ func TestKeyringFaultsWhileMailFlows(t *testing.T) {
 func TestConfigFaultsOnReload(t *testing.T) {
 	clock := newClock(time.Now())
 	fd := startFaultDaemon(t, clock, clock.Now().Add(-30*24*time.Hour), "", "")
-	stop := make(chan struct{})
-	wait := fd.runLoad(4, stop)
+	load := fd.runLoad(4)
 	broken := []struct{ name, content string }{
 		{"a syntax error", string(fd.goodConfig) + "\n[sign\n"},
 		{"an unknown key", string(fd.goodConfig) + "\nlifetme = 3\n"},
@@ -338,7 +368,7 @@ func TestConfigFaultsOnReload(t *testing.T) {
 	}
 	failures := 0
 	for _, b := range broken {
-		time.Sleep(100 * time.Millisecond)
+		load.flow(t, 10)
 		if b.content == "-" {
 			os.Remove(fd.config)
 		} else if err := os.WriteFile(fd.config, []byte(b.content), 0o600); err != nil {
@@ -378,9 +408,8 @@ func TestConfigFaultsOnReload(t *testing.T) {
 	}
 	fd.reload <- struct{}{}
 	fd.waitLog("msg=reloaded", reloads+2)
-	time.Sleep(100 * time.Millisecond)
-	close(stop)
-	count, err := wait()
+	load.flow(t, 10)
+	count, err := load.end()
 	if err != nil {
 		t.Fatalf("a wrong answer after %d right ones: %v", count, err)
 	}
@@ -527,7 +556,14 @@ func TestMTADropsConnectionsMidMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	warm.Close()
-	time.Sleep(100 * time.Millisecond)
+	// The warm-up connection's goroutines end.
+	for deadline, last := time.Now().Add(2*time.Second), 0; time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if n := runtime.NumGoroutine(); n == last {
+			break
+		} else {
+			last = n
+		}
+	}
 	baseline := runtime.NumGoroutine()
 	valid := fd.sign("alice@example.com", clock.Now().Add(-time.Hour))
 
@@ -566,11 +602,9 @@ func TestMTADropsConnectionsMidMessage(t *testing.T) {
 	}
 	// The MTA is back: mail flows and is decided right, and nothing of
 	// the dropped transactions leaks into the new ones.
-	stop := make(chan struct{})
-	wait := fd.runLoad(4, stop)
-	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	if count, err := wait(); err != nil || count < 20 {
+	load := fd.runLoad(4)
+	load.flow(t, 20)
+	if count, err := load.end(); err != nil || count < 20 {
 		t.Fatalf("after the MTA came back: %d messages, %v", count, err)
 	}
 	// No change, and the message goes on (at the end of a message, accept

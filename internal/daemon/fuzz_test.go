@@ -85,13 +85,16 @@ func show(c *Config) string {
 	if c == nil {
 		return "<nil>"
 	}
-	sm := "none"
+	sm, ps := "none", "none"
 	if c.Socketmap != nil {
 		sm = fmt.Sprintf("%+v", *c.Socketmap)
 	}
+	if c.PolicyService != nil {
+		ps = fmt.Sprintf("%+v", *c.PolicyService)
+	}
 	cc := *c
-	cc.Socketmap = nil
-	return fmt.Sprintf("%+v socketmap %s", cc, sm)
+	cc.Socketmap, cc.PolicyService = nil, nil
+	return fmt.Sprintf("%+v socketmap %s policy_service %s", cc, sm, ps)
 }
 
 // TestConfigValueErrorsAllReported: a file with two values the TOML

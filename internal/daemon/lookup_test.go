@@ -25,10 +25,11 @@ func lookupConfig(kr, sock, mapSock, limits string) string {
 // startLookupDaemon runs a test daemon with the lookup service and
 // returns it with the lookup socket's path.
 func startLookupDaemon(t *testing.T, limits string) (*testDaemon, string) {
-	td := newTestDaemon(t)
-	mapSock := filepath.Join(td.dir, "map.sock")
-	td.writeConfig(lookupConfig(td.keyring, td.sock, mapSock, limits))
-	td.d = runTestDaemon(t, Options{ConfigPath: td.config, Stderr: &td.log}, td.stop, td.done)
+	var mapSock string
+	td := startTestDaemonWith(t, func(td *testDaemon) string {
+		mapSock = filepath.Join(td.dir, "map.sock")
+		return lookupConfig(td.keyring, td.sock, mapSock, limits)
+	})
 	return td, mapSock
 }
 

@@ -21,6 +21,9 @@ type refSection struct {
 	doc   string
 	// options are the table's keys, in the order the file lists them.
 	options []refOption
+	// commented writes the table header and every key commented out: a
+	// table the Postfix setup of docs/postfix.md does not need.
+	commented bool
 }
 
 // refOption is one key.
@@ -47,6 +50,9 @@ func Reference() []byte {
 		b.WriteString("\n" + rule + "\n# " + s.title + "\n" + rule + "\n#\n")
 		writeComment(&b, s.doc)
 		if s.table != "" {
+			if s.commented {
+				b.WriteString("#")
+			}
 			b.WriteString(s.table + "\n")
 		}
 		for _, o := range s.options {
@@ -55,7 +61,7 @@ func Reference() []byte {
 			b.WriteString("#\n")
 			writeComment(&b, "Default: "+o.default_)
 			writeComment(&b, "Example: "+o.example)
-			if o.commented {
+			if o.commented || s.commented {
 				b.WriteString("#")
 			}
 			b.WriteString(o.key + " = " + o.value + "\n")

@@ -31,12 +31,13 @@ const referenceHeader = `# batv.toml: the configuration file of the batv milter 
 # "verify", "explain" and "check-config" also use without --config. A file
 # differs from that default in three ways: the keyring is the one below,
 # create_keyring is false unless the file sets it, and there is no lookup
-# service unless the file has a [socketmap] table.
+# service unless the file has a [socketmap] table. Neither has a policy
+# service unless the file has a [policy_service] table.
 #
 # Most options take effect on reload. These need a restart: keyring,
-# keyring_poll, [log] format, [metrics], [limits], [[listener]] and
-# [socketmap]. A reload that changes them keeps the running values and logs a
-# warning naming what changed.`
+# keyring_poll, [log] format, [metrics], [limits], [[listener]], [socketmap]
+# and [policy_service]. A reload that changes them keeps the running values
+# and logs a warning naming what changed.`
 
 var reference = []refSection{
 	{
@@ -138,26 +139,30 @@ interface, a non-loopback address or a host name. Needs a restart to change.`,
 		options: []refOption{
 			{
 				key: `max_connections`,
-				doc: `The most connections open at once on each milter listener and on the lookup
-service. Postfix opens one connection per smtpd and cleanup process that
-uses the milter or the tables, so keep this above the number of those
-processes (default_process_limit is 100). A connection over the limit is
-closed at once, and the MTA applies its milter default action to that mail
-(milter_default_action in Postfix). batv refuses to start unless it may open
-a file descriptor for every connection of every listener, 16 for the
-metrics endpoint and 64 of its own (RLIMIT_NOFILE; the shipped unit has a
-LimitNOFILE of 16384), so that a flood on the lookup service or the metrics
-endpoint never leaves the milter without a descriptor.`,
+				doc: `The most MTA connections open at once on each listener: each milter
+listener, the lookup service and the policy service. Postfix opens one
+milter connection per smtpd and cleanup process that uses the milter, and
+one policy connection per smtpd process, so keep this above the number of
+those processes (default_process_limit is 100). A connection over the
+limit is closed at once, and the MTA applies its default action to that
+mail (milter_default_action, smtpd_policy_service_default_action), or
+fails the lookup. batv refuses to start unless it may open a file
+descriptor for every connection of every listener, 16 for the metrics
+endpoint and 64 of its own (RLIMIT_NOFILE; the shipped unit has a
+LimitNOFILE of 16384), so that a flood on one listener or the metrics
+endpoint never leaves another without a descriptor.`,
 				default_: `1024`,
 				example:  `max_connections = 4096`,
 				value:    `1024`,
 			},
 			{
 				key: `idle_timeout`,
-				doc: `How long an MTA connection, to a milter listener or to the lookup service,
-may send nothing before batv closes it. At least "1m". Postfix keeps a milter
-connection open for a whole SMTP session, idle while the client is slow, so
-keep this above Postfix's smtpd_timeout (300s).`,
+				doc: `How long an MTA connection, to a milter listener, the lookup service or the
+policy service, may send nothing before batv closes it. At least "1m".
+Postfix keeps a milter connection open for a whole SMTP session, and a
+policy connection between the RCPT and DATA commands of a message, idle
+while the client is slow, so keep this above Postfix's smtpd_timeout
+(300s).`,
 				default_: `"15m"`,
 				example:  `idle_timeout = "30m"`,
 				value:    `"15m"`,
@@ -182,7 +187,8 @@ least "1s". Keep it below systemd's TimeoutStopSec (90s by default).`,
 protocol. The listeners in a file replace the default one; a file without
 any [[listener]] gets the default: name "milter", address
 inet:127.0.0.1:8891, roles ["inbound"] (a milter that signs on TCP signs for
-every local user: see below).
+every local user: see below), unless it has a [policy_service] table: an MX
+can then run without a milter.
 
 Socket placement for Postfix: put unix sockets in a directory under
 Postfix's queue directory, /var/spool/postfix/batv (owner batv, group
@@ -288,7 +294,7 @@ lines:
 
 Without a [socketmap] table in the file there is no lookup service. Sendmail
 does not need it (docs/sendmail.md).`,
-		options: []refOption{
+		options: append([]refOption{
 			{
 				key: `address`,
 				doc: `Where to listen: "unix:/absolute/path" or "inet:HOST:PORT". Place a unix
@@ -297,21 +303,36 @@ socket as for [[listener]].`,
 				example:  `address = "inet:127.0.0.1:8892"`,
 				value:    `"unix:/var/spool/postfix/batv/socketmap.sock"`,
 			},
+		}, unixSocketOptions...),
+	},
+	{
+		title: `[policy_service]: the policy service for an MX without a milter`,
+		table: `[policy_service]`,
+		doc: `Postfix's SMTP access policy delegation (check_policy_service): batv
+decides each recipient of inbound mail at RCPT, and refuses a bounce to
+untagged addresses at DATA, with the replies of the inbound milter, for
+an MX that runs no milter at all. Postfix keeps one policy connection per
+smtpd process across SMTP sessions, where a milter costs a connection per
+session. What it cannot do, and the main.cf and master.cf lines: the
+section "An MX without a milter" of docs/postfix.md:
+
+    smtpd_recipient_restrictions = ..., check_policy_service unix:batv/policy.sock
+    smtpd_data_restrictions = check_policy_service unix:batv/policy.sock
+
+Without a [policy_service] table in the file there is no policy service;
+the milter setup of docs/postfix.md does not need it. Its listener is
+named policy_service in the log and the metrics.`,
+		commented: true,
+		options: append([]refOption{
 			{
-				key:      `socket_group`,
-				doc:      `The group of the unix socket, as for [[listener]].`,
-				default_: `"" (the group of the batv process)`,
-				example:  `socket_group = "postfix"`,
-				value:    `"postfix"`,
+				key: `address`,
+				doc: `Where to listen: "unix:/absolute/path" or "inet:HOST:PORT". Place a unix
+socket as for [[listener]].`,
+				default_: `none`,
+				example:  `address = "inet:127.0.0.1:8893"`,
+				value:    `"unix:/var/spool/postfix/batv/policy.sock"`,
 			},
-			{
-				key:      `socket_mode`,
-				doc:      `The permission bits of the unix socket, as for [[listener]].`,
-				default_: `"0660"`,
-				example:  `socket_mode = "0600"`,
-				value:    `"0660"`,
-			},
-		},
+		}, unixSocketOptions...),
 	},
 	{
 		title: `[sign]: which outbound mail is signed, and how`,
@@ -602,5 +623,24 @@ docs/postfix.md).`,
 				value:    `true`,
 			},
 		},
+	},
+}
+
+// unixSocketOptions are the socket options of [socketmap] and
+// [policy_service].
+var unixSocketOptions = []refOption{
+	{
+		key:      `socket_group`,
+		doc:      `The group of the unix socket, as for [[listener]].`,
+		default_: `"" (the group of the batv process)`,
+		example:  `socket_group = "postfix"`,
+		value:    `"postfix"`,
+	},
+	{
+		key:      `socket_mode`,
+		doc:      `The permission bits of the unix socket, as for [[listener]].`,
+		default_: `"0660"`,
+		example:  `socket_mode = "0600"`,
+		value:    `"0660"`,
 	},
 }

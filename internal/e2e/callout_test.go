@@ -205,34 +205,7 @@ func TestCalloutDialogues(t *testing.T) {
 	s := newSite(t, "tempfail")
 	pf := s.pf
 
-	t.Run("a callout that ends with QUIT gets 250 for an untagged address", func(t *testing.T) {
-		out, code := swaks(t, pf.MXAddr(), "--from", "<>", "--to", user, "--quit-after", "RCPT")
-		t.Logf("swaks:\n%s", out)
-		if r := swaksReply(out, "RCPT TO:<"+user+">"); code != 0 || !strings.HasPrefix(r, "250 ") {
-			t.Fatalf("RCPT: %q (swaks exit %d), want 250", r, code)
-		}
-	})
-
-	t.Run("a callout that ends with RSET gets 250, and the connection goes on", func(t *testing.T) {
-		valid := s.sign(user, 1)
-		c := converse(t, pf.MXAddr(),
-			step{"EHLO mx.remote.test", 250},
-			step{"MAIL FROM:<>", 250},
-			step{"RCPT TO:<" + user + ">", 250},
-			step{"RSET", 250},
-			// The callout left nothing behind: a bounce to a valid tag on
-			// the same connection is taken (no 452 4.5.3), and delivered.
-			step{"MAIL FROM:<>", 250},
-			step{"RCPT TO:<" + valid + ">", 250},
-			step{"DATA", 354},
-		)
-		if r, err := c.Body(message("MAILER-DAEMON@remote.test", valid, "after the callout")); err != nil || r.Code != 250 {
-			t.Fatalf("end of data: %v %v", r, err)
-		}
-		if m := pf.WaitMessage(t, wait, withText("after the callout")); len(m.Rcpts) != 1 || m.Rcpts[0] != user {
-			t.Fatalf("delivered to %v, want [%s]", m.Rcpts, user)
-		}
-	})
+	t.Run("callouts that end with QUIT and with RSET get 250 for an untagged address", s.expectCallouts)
 
 	t.Run("callouts to tags that do not verify fail at RCPT", func(t *testing.T) {
 		valid := s.sign(user, 1)
@@ -402,7 +375,6 @@ func (s *site) metric(t *testing.T, name string, labels ...string) float64 {
 // recipients refused at DATA, never both, and every recipient gets a reply.
 func TestOneTransactionRule(t *testing.T) {
 	s := newSite(t, "tempfail")
-	pf := s.pf
 	const (
 		untaggedText = "550 5.7.1 Bounce refused: this address sends only tagged mail"
 		splitText    = "452 4.5.3 Too many recipients for one bounce: send this one in a transaction of its own (BATV)"
@@ -412,16 +384,7 @@ func TestOneTransactionRule(t *testing.T) {
 	forged := s.sign(user, 1)
 	forged = forged[:9] + flip(forged[9:15]) + forged[15:]
 
-	for _, tt := range []struct {
-		name  string
-		rcpts []string
-		// replies are the starts of the RCPT replies, in order; data is
-		// the start of the DATA reply, "" if the message is accepted.
-		replies []string
-		data    string
-		// deliveredTo is the envelope recipient the sink gets, if any.
-		deliveredTo string
-	}{
+	s.expectOneTransactionRule(t, []transactionCase{
 		{"valid then untagged: the untagged one is refused at RCPT", []string{validBob, user},
 			[]string{"250 ", untaggedText}, "", "bob@example.com"},
 		{"untagged then valid: the valid one waits for a transaction of its own", []string{user, validBob},
@@ -434,52 +397,5 @@ func TestOneTransactionRule(t *testing.T) {
 			[]string{"250 ", forgedText}, untaggedText, ""},
 		{"untagged then postmaster: postmaster waits too", []string{user, "postmaster@example.com"},
 			[]string{"250 ", splitText}, untaggedText, ""},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			subject := "one transaction: " + tt.name
-			res, err := pf.SendMX("", tt.rcpts, message("MAILER-DAEMON@remote.test", tt.rcpts[0], subject))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("replies:\n%s", res)
-			for i, want := range tt.replies {
-				if r := res.Rcpt(tt.rcpts[i]); r == nil || !strings.HasPrefix(r.String(), want) {
-					t.Errorf("RCPT %s: %v, want %q", tt.rcpts[i], r, want)
-				}
-			}
-			switch {
-			case tt.data == "" && !res.Accepted():
-				t.Fatalf("the message was not accepted")
-			case tt.data != "" && (res.Data == nil || !strings.HasPrefix(res.Data.String(), tt.data) || res.Accepted()):
-				t.Fatalf("DATA: %v, want %q", res.Data, tt.data)
-			}
-			if tt.deliveredTo != "" {
-				if m := pf.WaitMessage(t, wait, withText(subject)); len(m.Rcpts) != 1 || m.Rcpts[0] != tt.deliveredTo {
-					t.Fatalf("delivered to %v, want [%s]", m.Rcpts, tt.deliveredTo)
-				}
-			}
-			// Each deferred recipient, sent again alone as its sender will,
-			// is delivered.
-			for i, want := range tt.replies {
-				if want != splitText {
-					continue
-				}
-				retry := subject + ", retried"
-				res, err := pf.SendMX("", tt.rcpts[i:i+1], message("MAILER-DAEMON@remote.test", tt.rcpts[i], retry))
-				if err != nil || !res.Accepted() {
-					t.Fatalf("retry of %s: %v %v", tt.rcpts[i], res, err)
-				}
-				pf.WaitMessage(t, wait, withText(retry))
-			}
-		})
-	}
-	if err := pf.WaitQueueEmpty(wait); err != nil {
-		t.Fatal(err)
-	}
-	// Only the accepted messages reached the sink.
-	for _, m := range pf.Sink().Messages() {
-		if d := string(m.Data); strings.Contains(d, "one transaction:") && !strings.Contains(d, "retried") && !strings.Contains(d, "valid then untagged") {
-			t.Errorf("delivered: %v\n%s", m, d)
-		}
-	}
+	})
 }

@@ -19,19 +19,7 @@ import (
 func TestPostfixChrooted(t *testing.T) {
 	s := newSiteChroot(t, "tempfail", true)
 	pf := s.pf
-	master, err := pf.Command("postconf", "-M")
-	if err != nil {
-		t.Fatal(err)
-	}
-	chrooted := 0
-	for _, line := range strings.Split(master, "\n") {
-		if f := strings.Fields(line); len(f) >= 8 && f[4] == "y" && (f[7] == "smtpd" || f[0] == "batvcleanup") {
-			chrooted++
-		}
-	}
-	if chrooted != 2 {
-		t.Fatalf("want the MX smtpd and batvcleanup chrooted:\n%s", master)
-	}
+	expectChrooted(t, pf)
 
 	valid := s.sign(user, 1)
 	res, err := pf.SendMX("", []string{valid}, message("MAILER-DAEMON@remote.test", valid, "chrooted valid bounce"))

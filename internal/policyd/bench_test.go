@@ -2,7 +2,6 @@ package policyd
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"testing"
 )
@@ -13,7 +12,7 @@ import (
 // sender, so the time is the protocol's.
 func BenchmarkRoundTrip(b *testing.B) {
 	req := []byte(postfixRequest(b))
-	conn, _ := serve(b, &Server{Handler: senderHandler}, context.Background())
+	conn, _ := serveOne(b, &Server{Handler: senderHandler}, nil)
 	br := bufio.NewReader(conn)
 	want := "action=DUNNO\n\n"
 	buf := make([]byte, len(want))

@@ -2,7 +2,6 @@ package policyd
 
 import (
 	"bytes"
-	"context"
 	"net"
 	"slices"
 	"strconv"
@@ -10,15 +9,18 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/batv/batv/internal/serve"
 )
 
 // memConn is an in-memory net.Conn: reads come from a fixed input in
 // chunks of at most chunk bytes, then io.EOF; writes go to a buffer.
-// Nothing blocks.
+// Nothing blocks. closed is closed by Close.
 type memConn struct {
-	in    *bytes.Reader
-	chunk int
-	out   bytes.Buffer
+	in     *bytes.Reader
+	chunk  int
+	out    bytes.Buffer
+	closed chan struct{}
 }
 
 func (c *memConn) Read(p []byte) (int, error) {
@@ -26,7 +28,7 @@ func (c *memConn) Read(p []byte) (int, error) {
 }
 
 func (c *memConn) Write(p []byte) (int, error)      { return c.out.Write(p) }
-func (c *memConn) Close() error                     { return nil }
+func (c *memConn) Close() error                     { close(c.closed); return nil }
 func (c *memConn) LocalAddr() net.Addr              { return &net.UnixAddr{Name: "mem", Net: "unix"} }
 func (c *memConn) RemoteAddr() net.Addr             { return &net.UnixAddr{Name: "mem", Net: "unix"} }
 func (c *memConn) SetDeadline(time.Time) error      { return nil }
@@ -125,7 +127,7 @@ func FuzzServe(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
 		var calls []string
-		h := HandlerFunc(func(_ context.Context, req *Request) Reply {
+		h := HandlerFunc(func(_ *Conn, req *Request) Reply {
 			var lines []string
 			for k, v := range req.All() {
 				lines = append(lines, k+"="+v)
@@ -133,8 +135,10 @@ func FuzzServe(f *testing.F) {
 			calls = append(calls, strings.Join(lines, "\n"))
 			return toyReply(req)
 		})
-		conn := &memConn{in: bytes.NewReader(data), chunk: 1 + int(chunk)*int(chunk)}
-		(&Server{Handler: h}).ServeConn(context.Background(), conn)
+		conn := &memConn{in: bytes.NewReader(data), chunk: 1 + int(chunk)*int(chunk), closed: make(chan struct{})}
+		ts := newTestServer(t, &Server{Handler: h}, serve.Options{})
+		ts.ln.Conns <- conn
+		<-conn.closed
 
 		// What must have happened, from the reference parser and the toy
 		// handler: a call per request up to the first invalid reply, a

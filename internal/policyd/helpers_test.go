@@ -12,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/internal/serve"
+	"github.com/batv/batv/internal/testenv/conntest"
 )
 
 // postfixRequest is a request as Postfix 3.7.11 sends it at RCPT, captured
@@ -89,25 +92,69 @@ func socketPair(t testing.TB) (client, server net.Conn) {
 	return conns[0], conns[1]
 }
 
-// serve starts s.ServeConn on the server end of a socket pair and returns
-// the client end and a channel closed when ServeConn returns.
-func serve(t testing.TB, s *Server, ctx context.Context) (net.Conn, <-chan struct{}) {
+// testServer is a listener of package serve that serves s on the server
+// ends of socket pairs, as the daemon serves a socket.
+type testServer struct {
+	t  testing.TB
+	l  *serve.Listener
+	ln *conntest.ChanListener
+}
+
+// newTestServer starts a listener with opts (a discarding logger by
+// default) that serves s; it shuts down when the test ends.
+func newTestServer(t testing.TB, s *Server, opts serve.Options) *testServer {
 	t.Helper()
-	client, server := socketPair(t)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.ServeConn(ctx, server)
-	}()
+	if opts.Name == "" {
+		opts.Name = "policy"
+	}
+	ts := &testServer{t: t, ln: conntest.NewChanListener()}
+	ts.l = serve.New(ts.ln, opts)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = ts.l.Serve(s.ServeConn) }()
 	t.Cleanup(func() {
-		client.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("ServeConn did not return after the client closed")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := ts.l.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
 		}
+		<-served
 	})
+	return ts
+}
+
+// connect hands the server end of a new socket pair to the listener and
+// returns the client end and a channel closed when the server has closed
+// its end.
+func (ts *testServer) connect() (net.Conn, <-chan struct{}) {
+	ts.t.Helper()
+	client, server := socketPair(ts.t)
+	done := make(chan struct{})
+	ts.ln.Conns <- &notifyConn{Conn: server, closed: done}
 	return client, done
+}
+
+// notifyConn closes closed when the server closes the connection.
+type notifyConn struct {
+	net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (c *notifyConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// serveOne serves s on one socket pair with a logger writing to lb (nil:
+// none), and returns the client end and a channel closed when the server
+// has closed its end.
+func serveOne(t testing.TB, s *Server, lb *logBuf) (net.Conn, <-chan struct{}) {
+	t.Helper()
+	var opts serve.Options
+	if lb != nil {
+		opts.Logger = lb.logger()
+	}
+	return newTestServer(t, s, opts).connect()
 }
 
 // newReader reads s through the smallest buffer bufio allows, so that

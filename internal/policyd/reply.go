@@ -46,6 +46,10 @@ func DeferIfPermit(text string) Reply { return withText("DEFER_IF_PERMIT", text)
 // The text is logged by Postfix, not shown to the client.
 func Hold(text string) Reply { return withText("HOLD", text) }
 
+// Redirect is "REDIRECT addr": deliver the message to addr instead of
+// all its recipients.
+func Redirect(addr string) Reply { return Reply{Action: "REDIRECT " + addr} }
+
 // Prepend is "PREPEND name: value": add a header field at the top of the
 // message. name must be a header field name (printable ASCII, no colon).
 func Prepend(name, value string) Reply {

@@ -19,6 +19,7 @@ func TestReplyConstructors(t *testing.T) {
 		{DeferIfPermit("Service unavailable"), "DEFER_IF_PERMIT Service unavailable"},
 		{Hold("quarantine: forged tag"), "HOLD quarantine: forged tag"},
 		{Prepend("X-BATV-Status", "valid; key=1"), "PREPEND X-BATV-Status: valid; key=1"},
+		{Redirect("alice@example.com"), "REDIRECT alice@example.com"},
 		{Code(550, "5.7.1", "Bounce refused"), "550 5.7.1 Bounce refused"},
 		{Code(451, "", "Try later"), "451 Try later"},
 		{Code(554, "5.7.1", ""), "554 5.7.1"},

@@ -1,8 +1,15 @@
-// Package policyd implements the server side of Postfix's SMTP access
-// policy delegation protocol (SMTPD_POLICY_README), used with
+// Package policyd is batv's Postfix policy-service front end: the server
+// side of Postfix's SMTP access policy delegation protocol
+// (SMTPD_POLICY_README) in server.go, request.go and reply.go, and the
+// inbound BATV decisions of package policy over it in frontend.go (see
+// Frontend), used with
 //
-//	smtpd_recipient_restrictions = ..., check_policy_service unix:/run/batv/policy.sock
-//	smtpd_data_restrictions = check_policy_service unix:/run/batv/policy.sock
+//	smtpd_recipient_restrictions = ..., check_policy_service unix:batv/policy.sock
+//	smtpd_data_restrictions = check_policy_service unix:batv/policy.sock
+//
+// The connections are package serve's, like those of every batv listener:
+// the limit on open connections, the idle and write timeouts and the
+// graceful shutdown are the listener's.
 //
 // # Protocol
 //
@@ -40,51 +47,35 @@
 // transaction that the server drops when the instance changes. It is a
 // help, not a guarantee: a connection that breaks (the server restarts or
 // drains, smtpd retries after an error) loses it, and a handler must still
-// decide safely with a fresh state.
+// decide safely with a fresh state (Frontend does: see its doc).
 package policyd
 
 import (
 	"bufio"
-	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
-	"os"
 	"runtime/debug"
-	"sync/atomic"
-	"time"
-)
 
-// Defaults used when the corresponding Server field is zero.
-const (
-	// DefaultIdleTimeout is above the 300 s of both
-	// smtpd_policy_service_max_idle (smtpd closes an unused connection
-	// first) and smtpd_timeout (a slow SMTP client between RCPT and DATA
-	// does not cost its transaction state).
-	DefaultIdleTimeout = 10 * time.Minute
-	// DefaultWriteTimeout bounds the write of each reply.
-	DefaultWriteTimeout = 30 * time.Second
+	"github.com/batv/batv/internal/serve"
 )
 
 // Handler decides policy requests.
 //
 // Check is called for each request of a connection in turn; requests of
-// different connections are checked concurrently. ctx carries the
-// connection (ConnFromContext, TxState) and is canceled when ServeConn
-// returns. The reply must pass Reply.Validate; an invalid reply, or a
-// panic, is logged and the connection closed without a reply (smtpd then
-// retries the request once on a new connection, then applies its
+// different connections are checked concurrently. The reply must pass
+// Reply.Validate; an invalid reply, or a panic, is logged and the
+// connection closed without a reply (smtpd then retries the request once
+// on a new connection, then applies its
 // smtpd_policy_service_default_action).
 type Handler interface {
-	Check(ctx context.Context, req *Request) Reply
+	Check(c *Conn, req *Request) Reply
 }
 
 // HandlerFunc adapts a function to the Handler interface.
-type HandlerFunc func(ctx context.Context, req *Request) Reply
+type HandlerFunc func(c *Conn, req *Request) Reply
 
-// Check calls f(ctx, req).
-func (f HandlerFunc) Check(ctx context.Context, req *Request) Reply { return f(ctx, req) }
+// Check calls f(c, req).
+func (f HandlerFunc) Check(c *Conn, req *Request) Reply { return f(c, req) }
 
 // Server serves policy connections one at a time per ServeConn call. Set
 // its fields before the first call and do not change them after; its
@@ -92,67 +83,40 @@ func (f HandlerFunc) Check(ctx context.Context, req *Request) Reply { return f(c
 type Server struct {
 	// Handler decides the requests; it must not be nil.
 	Handler Handler
-	// IdleTimeout is how long the server waits for a complete request,
-	// from the connection or the previous reply, before it closes the
-	// connection. Zero means DefaultIdleTimeout.
-	IdleTimeout time.Duration
-	// WriteTimeout bounds the write of each reply. Zero means
-	// DefaultWriteTimeout.
-	WriteTimeout time.Duration
 	// MaxLineLen, MaxAttributes and MaxRequestSize bound one request;
 	// zero means DefaultMaxLineLen, DefaultMaxAttributes and
 	// DefaultMaxRequestSize. A request beyond them is refused as
 	// malformed.
 	MaxLineLen, MaxAttributes, MaxRequestSize int
-	// Logger receives protocol errors, invalid replies and panics (warn
-	// and error) and connection events (debug). Nil discards them.
-	Logger *slog.Logger
-	// OnRequest, when not nil, is called after each request the handler
-	// answered, with the reply as it will be sent (or an invalid one,
-	// which is not sent) and the time Check took, e.g. for metrics. It
-	// runs on the connection's goroutine before the reply is written.
-	OnRequest func(req *Request, reply Reply, elapsed time.Duration)
-
-	lastID atomic.Uint64
 }
 
 // Conn is one policy connection as a Handler sees it.
 type Conn struct {
-	id       uint64
-	remote   net.Addr
+	c        *serve.Conn
 	instance string
 	tx       any
 }
 
-// ID numbers the server's connections from 1, for logs.
-func (c *Conn) ID() uint64 { return c.id }
+// ID numbers the listener's connections from 1, for logs.
+func (c *Conn) ID() uint64 { return c.c.ID() }
 
-// RemoteAddr is the peer's address as the listener reports it.
-func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+// Log is the listener's logger with the listener's name and the
+// connection's id.
+func (c *Conn) Log() *slog.Logger { return c.c.Log() }
 
 // Instance is the instance attribute of the request being checked.
 func (c *Conn) Instance() string { return c.instance }
 
-type connKey struct{}
-
-// ConnFromContext returns the connection of the request being checked, or
-// nil when ctx does not come from a Server.
-func ConnFromContext(ctx context.Context) *Conn {
-	c, _ := ctx.Value(connKey{}).(*Conn)
-	return c
-}
-
 // TxState returns the handler's state for the current mail transaction of
-// the connection in ctx: a zero T the first time it is asked for in a
+// the connection c: a zero T the first time it is asked for in a
 // transaction, then the same *T for every later request of that
 // transaction (same instance attribute) on that connection. Use a single
 // type T per server: asking for another type replaces the state.
 //
 // Outside a transaction (empty instance: CONNECT, EHLO, HELO, VRFY, ETRN)
-// and when ctx does not come from a Server, there is nothing to keep: each
-// call returns a new zero T.
-func TxState[T any](ctx context.Context) *T {
-	c := ConnFromContext(ctx)
+// and when c is nil, there is nothing to keep: each call returns a new
+// zero T.
+func TxState[T any](c *Conn) *T {
 	if c == nil || c.instance == "" {
 		return new(T)
 	}
@@ -164,129 +128,80 @@ func TxState[T any](ctx context.Context) *T {
 	return v
 }
 
-var (
-	discardLogger = slog.New(slog.DiscardHandler)
-	aLongTimeAgo  = time.Unix(1, 0)
-)
-
-func (s *Server) logger() *slog.Logger {
-	if s.Logger == nil {
-		return discardLogger
-	}
-	return s.Logger
-}
-
-func orDefault[T int | time.Duration](v, def T) T {
+func orDefault(v, def int) int {
 	if v > 0 {
 		return v
 	}
 	return def
 }
 
-// ServeConn serves the policy connection nc until the client closes it, a
-// request is malformed, a timeout expires or ctx is canceled, and closes
-// nc before it returns. Cancelling ctx is a graceful close: a request
-// being checked gets its reply, then the connection is closed instead of
-// waiting for the next request (a request that has begun to arrive is
-// dropped, and smtpd retries it on a new connection). To stop at once,
-// close nc.
-func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
-	defer nc.Close()
-	c := &Conn{id: s.lastID.Add(1), remote: nc.RemoteAddr()}
-	log := s.logger().With("conn", c.id)
+// ServeConn serves the policy connection c until the client closes it, a
+// request is malformed, or the listener closes it (idle timeout,
+// shutdown), and closes c before it returns. A request is one unit of
+// work (serve.Conn.Busy) from its first byte to its reply: a listener
+// that shuts down closes the connection between requests, never in the
+// middle of one.
+func (s *Server) ServeConn(c *serve.Conn) {
+	defer c.Close()
+	log := c.Log()
 	if s.Handler == nil {
+		c.SetEnd("error")
 		log.Error("policyd: Server.Handler is nil, closing connection")
 		return
 	}
-	hctx, cancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), connKey{}, c))
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(aLongTimeAgo) })
-	defer stop()
-
+	pc := &Conn{c: c}
 	r := &reader{
-		br:       bufio.NewReaderSize(nc, 1024),
+		br:       bufio.NewReaderSize(c, 1024),
 		maxLine:  orDefault(s.MaxLineLen, DefaultMaxLineLen),
 		maxAttrs: orDefault(s.MaxAttributes, DefaultMaxAttributes),
 		maxSize:  orDefault(s.MaxRequestSize, DefaultMaxRequestSize),
 	}
-	idle, wt := orDefault(s.IdleTimeout, DefaultIdleTimeout), orDefault(s.WriteTimeout, DefaultWriteTimeout)
 	var wbuf []byte
-	log.Debug("policyd: connection opened")
 	for {
-		// The deadline is set before ctx is checked: a cancellation after
-		// the check moves it to the past.
-		if err := nc.SetReadDeadline(time.Now().Add(idle)); err != nil {
-			log.Debug("policyd: connection closed", "reason", err.Error())
-			return
+		// Wait for the first byte of a request outside a unit of work, so
+		// that a shutdown closes the connection here.
+		if _, err := r.br.Peek(1); err != nil {
+			return // the listener logged why, if it was worth a line
 		}
-		if ctx.Err() != nil {
-			log.Debug("policyd: connection closed", "reason", "server draining")
-			return
-		}
+		c.Busy(true)
 		req, err := r.readRequest()
 		if err != nil {
-			s.logReadError(log, ctx, err, len(r.buf) > 0)
+			if errors.Is(err, ErrMalformed) {
+				c.SetEnd("error")
+				log.Warn("policyd: refusing a malformed request, closing connection", "err", err.Error())
+			}
 			return
 		}
-		if inst := req.Instance(); inst != c.instance {
-			c.instance, c.tx = inst, nil
+		if inst := req.Instance(); inst != pc.instance {
+			pc.instance, pc.tx = inst, nil
 		}
-		reply, ok := s.check(hctx, log, req)
+		reply, ok := s.check(pc, req)
 		if !ok {
+			c.SetEnd("error")
 			return
 		}
 		wbuf = appendReply(wbuf[:0], reply)
-		if err := nc.SetWriteDeadline(time.Now().Add(wt)); err != nil {
-			log.Debug("policyd: connection closed", "reason", err.Error())
-			return
+		if _, err := c.Write(wbuf); err != nil {
+			return // logged by the listener's connection
 		}
-		if _, err := nc.Write(wbuf); err != nil {
-			log.Warn("policyd: writing reply failed, closing connection", "err", err)
-			return
-		}
+		c.Busy(false)
 	}
 }
 
 // check calls the handler; ok is false when there is no reply to send.
-func (s *Server) check(ctx context.Context, log *slog.Logger, req *Request) (reply Reply, ok bool) {
-	start := time.Now()
+func (s *Server) check(c *Conn, req *Request) (reply Reply, ok bool) {
 	defer func() {
 		if v := recover(); v != nil {
-			log.Error("policyd: handler panicked, closing connection without a reply",
+			c.Log().Error("policyd: handler panicked, closing connection without a reply",
 				"state", string(req.ProtocolState()), "panic", v, "stack", string(debug.Stack()))
 			ok = false
 		}
 	}()
-	reply = s.Handler.Check(ctx, req)
-	if s.OnRequest != nil {
-		s.OnRequest(req, reply, time.Since(start))
-	}
+	reply = s.Handler.Check(c, req)
 	if err := reply.Validate(); err != nil {
-		log.Error("policyd: handler returned an invalid reply, closing connection without a reply",
+		c.Log().Error("policyd: handler returned an invalid reply, closing connection without a reply",
 			"state", string(req.ProtocolState()), "err", err)
 		return reply, false
 	}
 	return reply, true
-}
-
-// logReadError logs why a connection ends while reading a request;
-// partial says whether part of a request had arrived.
-func (s *Server) logReadError(log *slog.Logger, ctx context.Context, err error, partial bool) {
-	timeout := errors.Is(err, os.ErrDeadlineExceeded)
-	switch {
-	case errors.Is(err, io.EOF):
-		log.Debug("policyd: connection closed by client")
-	case timeout && ctx.Err() != nil && partial:
-		log.Info("policyd: request interrupted by server drain, closing connection")
-	case timeout && ctx.Err() != nil:
-		log.Debug("policyd: connection closed", "reason", "server draining")
-	case timeout && partial:
-		log.Warn("policyd: incomplete request at idle timeout, closing connection", "err", err)
-	case timeout:
-		log.Debug("policyd: connection closed", "reason", "idle timeout")
-	case errors.Is(err, ErrMalformed):
-		log.Warn("policyd: refusing a malformed request, closing connection", "err", err.Error())
-	default:
-		log.Debug("policyd: connection closed", "reason", err.Error())
-	}
 }

@@ -8,9 +8,10 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/internal/serve"
 )
 
 // client is the Postfix end of a policy connection in tests.
@@ -76,7 +77,7 @@ func request(attrs ...string) string {
 }
 
 // senderHandler refuses the null sender and answers DUNNO otherwise.
-var senderHandler = HandlerFunc(func(_ context.Context, req *Request) Reply {
+var senderHandler = HandlerFunc(func(_ *Conn, req *Request) Reply {
 	if req.Sender() == "" {
 		return Reject("5.7.1 bounce refused")
 	}
@@ -85,16 +86,7 @@ var senderHandler = HandlerFunc(func(_ context.Context, req *Request) Reply {
 
 func TestServeRoundTrips(t *testing.T) {
 	var lb logBuf
-	var (
-		mu    sync.Mutex
-		hooks []string
-	)
-	s := &Server{Handler: senderHandler, Logger: lb.logger(), OnRequest: func(req *Request, r Reply, d time.Duration) {
-		mu.Lock()
-		hooks = append(hooks, req.Sender()+" "+r.Action)
-		mu.Unlock()
-	}}
-	conn, done := serve(t, s, context.Background())
+	conn, done := serveOne(t, &Server{Handler: senderHandler}, &lb)
 	c := newClient(t, conn)
 	for _, want := range []struct{ sender, action string }{
 		{"", "REJECT 5.7.1 bounce refused"},
@@ -116,28 +108,30 @@ func TestServeRoundTrips(t *testing.T) {
 	if a, err := c.reply(); err != nil || a != "REJECT 5.7.1 bounce refused" {
 		t.Fatalf("%q, %v", a, err)
 	}
+	// Two requests in one write: two replies, in order.
+	c.send(request("sender=") + request("sender=bob@example.com"))
+	for _, want := range []string{"REJECT 5.7.1 bounce refused", "DUNNO"} {
+		if a, err := c.reply(); err != nil || a != want {
+			t.Fatalf("%q, %v; want %q", a, err, want)
+		}
+	}
 	conn.Close()
 	<-done
-	lb.waitFor(t, "connection closed by client")
-	mu.Lock()
-	defer mu.Unlock()
-	if got := strings.Join(hooks, ","); got != " REJECT 5.7.1 bounce refused,alice@example.com DUNNO, REJECT 5.7.1 bounce refused,someone@remote.test DUNNO, REJECT 5.7.1 bounce refused" {
-		t.Errorf("OnRequest calls: %s", got)
-	}
+	lb.waitFor(t, "connection ended", "listener=policy", "how=closed")
 }
 
 // TestServeTxState: the state lives as long as the instance on one
 // connection.
 func TestServeTxState(t *testing.T) {
 	type counter struct{ n int }
-	h := HandlerFunc(func(ctx context.Context, req *Request) Reply {
-		st := TxState[counter](ctx)
+	h := HandlerFunc(func(c *Conn, req *Request) Reply {
+		st := TxState[counter](c)
 		st.n++
-		return Reject(fmt.Sprintf("%s %d", ConnFromContext(ctx).Instance(), st.n))
+		return Reject(fmt.Sprintf("%s %d", c.Instance(), st.n))
 	})
-	s := &Server{Handler: h}
-	c1conn, _ := serve(t, s, context.Background())
-	c2conn, _ := serve(t, s, context.Background())
+	ts := newTestServer(t, &Server{Handler: h}, serve.Options{})
+	c1conn, _ := ts.connect()
+	c2conn, _ := ts.connect()
 	c1, c2 := newClient(t, c1conn), newClient(t, c2conn)
 	for i, step := range []struct {
 		c        *client
@@ -159,11 +153,10 @@ func TestServeTxState(t *testing.T) {
 			t.Fatalf("step %d: %q, want %q", i, got, step.want)
 		}
 	}
-	// Outside a server, no state is kept.
-	ctx := context.Background()
-	TxState[counter](ctx).n = 5
-	if n := TxState[counter](ctx).n; n != 0 || ConnFromContext(ctx) != nil {
-		t.Errorf("without a server: n=%d", n)
+	// Without a connection, no state is kept.
+	TxState[counter](nil).n = 5
+	if n := TxState[counter](nil).n; n != 0 {
+		t.Errorf("without a connection: n=%d", n)
 	}
 }
 
@@ -179,8 +172,7 @@ func TestServeMalformed(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var lb logBuf
-			s := &Server{Handler: senderHandler, Logger: lb.logger(), MaxLineLen: 100}
-			conn, done := serve(t, s, context.Background())
+			conn, done := serveOne(t, &Server{Handler: senderHandler, MaxLineLen: 100}, &lb)
 			cl := newClient(t, conn)
 			if got := cl.ask("sender=x@example.com"); got != "DUNNO" {
 				t.Fatalf("valid request before: %q", got)
@@ -192,6 +184,11 @@ func TestServeMalformed(t *testing.T) {
 			cl.closed()
 			<-done
 			lb.waitFor(t, "level=WARN", "refusing a malformed request", c.log)
+			how := "how=error"
+			if c.name == "truncated" {
+				how = "how=closed" // the client closed it first
+			}
+			lb.waitFor(t, "connection ended", how)
 		})
 	}
 }
@@ -202,16 +199,16 @@ func TestServeBadHandler(t *testing.T) {
 		h    HandlerFunc
 		log  []string
 	}{
-		{"newline in reply", func(context.Context, *Request) Reply { return Reject("a\nb") },
+		{"newline in reply", func(*Conn, *Request) Reply { return Reject("a\nb") },
 			[]string{"level=ERROR", "invalid reply", "control character"}},
-		{"empty reply", func(context.Context, *Request) Reply { return Reply{} },
+		{"empty reply", func(*Conn, *Request) Reply { return Reply{} },
 			[]string{"level=ERROR", "invalid reply", "empty action"}},
-		{"panic", func(context.Context, *Request) Reply { panic("boom") },
+		{"panic", func(*Conn, *Request) Reply { panic("boom") },
 			[]string{"level=ERROR", "handler panicked", "panic=boom"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var lb logBuf
-			conn, done := serve(t, &Server{Handler: c.h, Logger: lb.logger()}, context.Background())
+			conn, done := serveOne(t, &Server{Handler: c.h}, &lb)
 			cl := newClient(t, conn)
 			cl.send(request("sender="))
 			cl.closed()
@@ -221,44 +218,46 @@ func TestServeBadHandler(t *testing.T) {
 	}
 	t.Run("nil handler", func(t *testing.T) {
 		var lb logBuf
-		conn, done := serve(t, &Server{Logger: lb.logger()}, context.Background())
+		conn, done := serveOne(t, &Server{}, &lb)
 		newClient(t, conn).closed()
 		<-done
 		lb.waitFor(t, "level=ERROR", "Handler is nil")
 	})
 }
 
+// TestServeIdleTimeout: the listener's idle timeout closes a connection
+// that sends nothing, between requests or in the middle of one.
 func TestServeIdleTimeout(t *testing.T) {
-	for _, c := range []struct{ name, input, log string }{
-		{"between requests", "", "reason=\"idle timeout\""},
-		{"in a request", "request=smtpd_access_policy\n", "incomplete request at idle timeout"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
+	for _, input := range []string{"", "request=smtpd_access_policy\n"} {
+		t.Run(fmt.Sprintf("%q", input), func(t *testing.T) {
 			var lb logBuf
-			s := &Server{Handler: senderHandler, Logger: lb.logger(), IdleTimeout: 100 * time.Millisecond}
-			conn, done := serve(t, s, context.Background())
+			ts := newTestServer(t, &Server{Handler: senderHandler}, serve.Options{IdleTimeout: 100 * time.Millisecond, Logger: lb.logger()})
+			conn, done := ts.connect()
 			cl := newClient(t, conn)
 			if got := cl.ask("sender="); got != "REJECT 5.7.1 bounce refused" {
 				t.Fatal(got)
 			}
 			start := time.Now()
-			cl.send(c.input)
+			cl.send(input)
 			cl.closed()
 			<-done
 			if d := time.Since(start); d < 90*time.Millisecond || d > 3*time.Second {
 				t.Errorf("closed after %v, want about 100ms", d)
 			}
-			lb.waitFor(t, c.log)
+			lb.waitFor(t, "the peer sent nothing for too long")
+			lb.waitFor(t, "connection ended", "how=timeout")
 		})
 	}
 }
 
+// TestServeWriteTimeout: a client that does not read its replies does not
+// hold the connection beyond the listener's write timeout.
 func TestServeWriteTimeout(t *testing.T) {
 	var lb logBuf
-	s := &Server{Handler: senderHandler, Logger: lb.logger(), WriteTimeout: 50 * time.Millisecond}
+	ts := newTestServer(t, &Server{Handler: senderHandler}, serve.Options{WriteTimeout: 50 * time.Millisecond, Logger: lb.logger()})
 	cc, sc := net.Pipe() // a write blocks until the other end reads
 	done := make(chan struct{})
-	go func() { defer close(done); s.ServeConn(context.Background(), sc) }()
+	ts.ln.Conns <- &notifyConn{Conn: sc, closed: done}
 	defer cc.Close()
 	_ = cc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(cc, request("sender=")); err != nil {
@@ -267,51 +266,77 @@ func TestServeWriteTimeout(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("ServeConn still blocked in its write")
+		t.Fatal("the server is still blocked in its write")
 	}
-	lb.waitFor(t, "level=WARN", "writing reply failed")
+	lb.waitFor(t, "level=WARN", "connection write failed")
 }
 
+// TestServeDrain: a listener that shuts down closes idle policy
+// connections at once, and answers a request that has begun first.
 func TestServeDrain(t *testing.T) {
+	shutdown := func(ts *testServer) <-chan error {
+		errc := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			errc <- ts.l.Shutdown(ctx)
+		}()
+		return errc
+	}
 	t.Run("idle connection", func(t *testing.T) {
 		var lb logBuf
-		ctx, cancel := context.WithCancel(context.Background())
-		conn, done := serve(t, &Server{Handler: senderHandler, Logger: lb.logger()}, ctx)
+		ts := newTestServer(t, &Server{Handler: senderHandler}, serve.Options{Logger: lb.logger()})
+		conn, done := ts.connect()
 		cl := newClient(t, conn)
 		cl.ask("sender=")
-		cancel()
+		errc := shutdown(ts)
 		cl.closed()
 		<-done
-		lb.waitFor(t, "server draining")
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		lb.waitFor(t, "connection ended", "how=shutdown")
 	})
-	t.Run("request in progress", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
+	t.Run("request being checked", func(t *testing.T) {
 		entered, release := make(chan struct{}), make(chan struct{})
-		h := HandlerFunc(func(hctx context.Context, req *Request) Reply {
+		h := HandlerFunc(func(*Conn, *Request) Reply {
 			close(entered)
 			<-release
-			if hctx.Err() != nil {
-				return Reject("handler context canceled by the drain")
-			}
 			return Defer("4.7.1 done")
 		})
-		conn, done := serve(t, &Server{Handler: h}, ctx)
+		ts := newTestServer(t, &Server{Handler: h}, serve.Options{})
+		conn, done := ts.connect()
 		cl := newClient(t, conn)
 		cl.send(request("sender="))
 		<-entered
-		cancel()
+		errc := shutdown(ts)
 		close(release)
 		if a, err := cl.reply(); err != nil || a != "DEFER 4.7.1 done" {
 			t.Fatalf("reply %q, %v; want the request finished", a, err)
 		}
 		cl.closed()
 		<-done
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
 	})
-	t.Run("already canceled", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		conn, done := serve(t, &Server{Handler: senderHandler}, ctx)
-		newClient(t, conn).closed()
+	t.Run("request half sent", func(t *testing.T) {
+		ts := newTestServer(t, &Server{Handler: senderHandler}, serve.Options{})
+		conn, done := ts.connect()
+		cl := newClient(t, conn)
+		req := request("sender=")
+		cl.send(req[:10])
+		time.Sleep(50 * time.Millisecond) // the server has the first bytes
+		errc := shutdown(ts)
+		time.Sleep(50 * time.Millisecond)
+		cl.send(req[10:])
+		if a, err := cl.reply(); err != nil || a != "REJECT 5.7.1 bounce refused" {
+			t.Fatalf("reply %q, %v; want the request answered", a, err)
+		}
+		cl.closed()
 		<-done
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
 	})
 }

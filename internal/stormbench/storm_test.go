@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -21,7 +20,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
-	"github.com/batv/batv/internal/policyd"
+	"github.com/batv/batv/internal/testenv/postfixdoc"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/keyring"
 )
@@ -33,52 +32,11 @@ var (
 	flagLegit       = flag.Int("legit", 10, "percentage of sessions that send legitimate mail; the rest are bounces, half untagged, half forged")
 	flagOnly        = flag.String("only", "", "run only the scenarios whose name contains this (the reference scenarios always run)")
 	flagOut         = flag.String("out", "", "also write the tables to this file")
+	flagUntaggedAt  = flag.String("refuse-untagged-at", "data", "batv's [verify] refuse_untagged_at: data (the default, callouts pass) or rcpt, to measure what the DATA stage costs")
 )
 
-// envStorm switches TestStorm on; envStandin makes the test binary the
-// stand-in policy service (see TestMain).
-const (
-	envStorm   = "BATV_STORM"
-	envStandin = "STORMBENCH_STANDIN_SOCKET"
-)
-
-func TestMain(m *testing.M) {
-	if sock := os.Getenv(envStandin); sock != "" {
-		os.Exit(runStandin(sock))
-	}
-	os.Exit(m.Run())
-}
-
-// runStandin serves a policy service on the unix socket sock that refuses
-// every null sender, the policyd package with a trivial handler, until
-// SIGTERM: a stand-in for batv's policy front end, which does not exist
-// yet.
-func runStandin(sock string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	ln, err := net.Listen("unix", sock)
-	if err == nil {
-		err = os.Chmod(sock, 0o666)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "stand-in:", err)
-		return 1
-	}
-	context.AfterFunc(ctx, func() { ln.Close() })
-	s := &policyd.Server{Handler: policyd.HandlerFunc(func(_ context.Context, req *policyd.Request) policyd.Reply {
-		if req.Sender() == "" && req.ProtocolState() == policyd.StateRcpt {
-			return policyd.Code(550, "5.7.1", "Bounce refused (stand-in)")
-		}
-		return policyd.Dunno()
-	})}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return 0
-		}
-		go s.ServeConn(ctx, c)
-	}
-}
+// envStorm switches TestStorm on.
+const envStorm = "BATV_STORM"
 
 // scenario is one configuration of the MX: an smtpd service of the shared
 // Postfix instance on its own port, with its -o options, the main.cf
@@ -87,6 +45,7 @@ type scenario struct {
 	name    string
 	options map[string]string // -o options of its smtpd service
 	main    map[string]string // main.cf parameters, e.g. named in options as $name
+	master  []string          // master.cf lines of the services it adds
 	// start starts the scenario's daemons and returns them, for CPU
 	// accounting; nil for none.
 	start func(t *testing.T) []*daemon
@@ -101,15 +60,21 @@ const (
 	nameBlanket = "Postfix, check_sender_access <> REJECT"
 )
 
-// scenarios are the configurations measured, the two references first.
-// A scenario is a few lines: add batv's policy front end here when it
-// exists.
+// scenarios are the configurations measured, the two references first,
+// then batv's two front ends as docs/postfix.md sets them up.
 func (e *env) scenarios() []scenario {
 	nullSender := e.file("null_sender", "<> REJECT Bounces are not accepted here\n")
 	return []scenario{
 		{name: nameAlone, untaggedAccepted: true},
 		{name: nameBlanket, options: map[string]string{
 			"smtpd_sender_restrictions": "check_sender_access texthash:" + nullSender}},
+		{
+			// The same rule at DATA, where batv refuses untagged bounces
+			// so that callouts pass: what the stage costs Postfix itself
+			// (an accepted RCPT opens a queue file).
+			name: nameBlanket + " at DATA",
+			options: map[string]string{
+				"smtpd_data_restrictions": "check_sender_access texthash:" + nullSender}},
 		{
 			// docs/postfix.md: the milter, and recipient validation that
 			// knows tagged addresses through the strip table.
@@ -127,25 +92,96 @@ func (e *env) scenarios() []scenario {
 					e.sock("milter.sock"), e.sock("socketmap.sock"))}
 			},
 		},
-		{
-			// Until batv has a policy front end: the policyd package with
-			// a handler that refuses every null sender at RCPT.
-			name: "STAND-IN policy service (policyd, refuses every <>)",
-			options: map[string]string{
-				"smtpd_recipient_restrictions": "reject_unlisted_recipient, check_policy_service unix:" + e.sock("standin.sock"),
-			},
-			start: func(t *testing.T) []*daemon {
-				return []*daemon{e.startDaemon(t, "stand-in", []string{os.Args[0]}, []string{envStandin + "=" + e.sock("standin.sock")},
-					e.sock("standin.sock"))}
-			},
-		},
+		e.policyScenario(),
 	}
+}
+
+// policySection is the section of docs/postfix.md whose lines the policy
+// scenario runs.
+const policySection = "## An MX without a milter"
+
+// policyScenario is docs/postfix.md's MX without a milter, with the
+// page's lines (package postfixdoc): batv's policy service, the strip
+// table for recipient validation, the untag table in the MX's cleanup
+// service, and header_checks. The page's main.cf lines apply here to the
+// scenario's smtpd and the cleanup service the page adds, not to the
+// other scenarios; its submission and bounce services and the lines for
+// local submission (non_smtpd_milters, milter_protocol) do not take part
+// in a storm. The sockets are relative to the queue directory, as on the
+// page, so this batv listens in QUEUE/batv.
+func (e *env) policyScenario() scenario {
+	d, err := postfixdoc.Read(filepath.Join("..", "..", "docs", "postfix.md"), policySection)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	checks := e.file("batv_header_checks", d.Files["/etc/postfix/batv_header_checks"])
+	local := strings.NewReplacer("hash:/etc/postfix/relay_recipients", "texthash:"+e.recipients,
+		"regexp:/etc/postfix/batv_header_checks", "regexp:"+checks)
+	sc := scenario{name: "batv policy service (docs/postfix.md)", options: map[string]string{}, main: map[string]string{}}
+	var fromMain []string
+	for k, v := range d.Main {
+		if k == "non_smtpd_milters" || k == "milter_protocol" {
+			continue
+		}
+		sc.main["storm_policy_"+k] = local.Replace(v)
+		sc.options[k] = "$storm_policy_" + k
+		fromMain = append(fromMain, "  -o "+k+"=$storm_policy_"+k)
+	}
+	sort.Strings(fromMain)
+	for _, svc := range d.Services {
+		switch svc.Name() {
+		case "smtp":
+			for _, o := range svc.Options {
+				sc.options[o[0]] = o[1]
+			}
+		case "submission", "bounce", "defer", "trace":
+		default:
+			sc.master = append(sc.master, svc.Line("n"))
+			for _, o := range svc.Options {
+				sc.master = append(sc.master, "  -o "+o[0]+"="+o[1])
+			}
+			sc.master = append(sc.master, fromMain...)
+		}
+	}
+	sc.start = func(t *testing.T) []*daemon {
+		dir := filepath.Join(e.pf.QueueDir(), "batv")
+		if err := os.Mkdir(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, 0, e.pf.PostfixGID()); err != nil {
+			t.Fatal(err)
+		}
+		config := e.file("batv-policy.toml", fmt.Sprintf(`keyring = %q
+
+[log]
+level = "info"
+
+[[listener]]
+name = "milter"
+address = "unix:%[2]s/milter.sock"
+roles = ["outbound"]
+
+[socketmap]
+address = "unix:%[2]s/socketmap.sock"
+socket_group = "postfix"
+socket_mode = "0660"
+
+[policy_service]
+address = "unix:%[2]s/policy.sock"
+socket_group = "postfix"
+socket_mode = "0660"
+%[3]s`, e.keyring, dir, signVerifyTOML()))
+		return []*daemon{e.startDaemon(t, "batv-policy", []string{e.batvBin, "milter", "--config", config}, nil,
+			filepath.Join(dir, "socketmap.sock"), filepath.Join(dir, "policy.sock"))}
+	}
+	return sc
 }
 
 // env is what the scenarios share: a directory Postfix can reach, the
 // batv binary and keyring, the addresses.
 type env struct {
 	t                    *testing.T
+	pf                   *postfixtest.Instance // once it runs
 	dir                  string
 	batvBin, keyring     string
 	recipients           string // texthash file of the valid recipients
@@ -163,6 +199,22 @@ func (e *env) file(name, content string) string {
 }
 
 func (e *env) sock(name string) string { return filepath.Join(e.dir, name) }
+
+// signVerifyTOML is the [sign] and [verify] of both batv scenarios: the grace
+// period over, no internal network on loopback, where the storm comes
+// from, and the stage of -refuse-untagged-at.
+func signVerifyTOML() string {
+	return fmt.Sprintf(`
+[sign]
+domains = ["example.com"]
+internal_networks = ["192.0.2.0/24"]
+
+[verify]
+untagged_bounce = "reject"
+refuse_untagged_at = %q
+grace_until = 2000-01-01T00:00:00Z
+`, *flagUntaggedAt)
+}
 
 // batvConfig is docs/postfix.md's batv.toml with the grace period over and
 // no internal network on loopback, where the storm comes from.
@@ -183,15 +235,7 @@ socket_mode = "0660"
 address = "unix:%s"
 socket_group = "postfix"
 socket_mode = "0660"
-
-[sign]
-domains = ["example.com"]
-internal_networks = ["192.0.2.0/24"]
-
-[verify]
-untagged_bounce = "reject"
-grace_until = 2000-01-01T00:00:00Z
-`, e.keyring, e.sock("milter.sock"), e.sock("socketmap.sock")))
+%s`, e.keyring, e.sock("milter.sock"), e.sock("socketmap.sock"), signVerifyTOML()))
 }
 
 // envelope is the message of session i: about legit percent legitimate
@@ -340,11 +384,15 @@ func TestStorm(t *testing.T) {
 			master = append(master, fmt.Sprintf("  -o { %s = %s }", k, s.options[k]))
 		}
 	}
+	for _, s := range scs {
+		master = append(master, s.master...)
+	}
 	pf := postfixtest.Start(t, postfixtest.Options{
 		Recipients:  []string{"alice@example.com", "bob@example.com"},
 		Main:        main,
 		MasterExtra: master,
 	})
+	e.pf = pf
 	daemons := make([][]*daemon, len(scs))
 	for i, s := range scs {
 		if s.start != nil {
@@ -356,10 +404,10 @@ func TestStorm(t *testing.T) {
 	var out strings.Builder
 	fmt.Fprintf(&out, "# Storm benchmark (internal/stormbench)\n\n%d SMTP sessions per measurement, one message each, "+
 		"%d%% legitimate (2 KiB, valid sender and recipient), the rest bounces (MAIL FROM:<>, 2 KiB), "+
-		"half to an untagged address, half to a forged tag; Postfix %s; %s.\n"+
+		"half to an untagged address, half to a forged tag; batv refuses untagged bounces at %s; Postfix %s; %s.\n"+
 		"CPU: Postfix's whole process tree plus the scenario's daemons, from the start of the load "+
 		"until every accepted message has reached the sink.\n",
-		*flagSessions, *flagLegit, version, machine())
+		*flagSessions, *flagLegit, strings.ToUpper(*flagUntaggedAt), version, machine())
 	for _, clients := range levels {
 		rows := make([]Row, len(scs))
 		for i := range scs {
