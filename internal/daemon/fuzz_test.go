@@ -50,8 +50,13 @@ func FuzzParseConfig(f *testing.F) {
 		if err := cfg.Policy().Check(); err != nil {
 			t.Fatalf("accepted, but the policy does not build: %v", err)
 		}
-		if len(cfg.Listeners) == 0 {
-			t.Fatal("accepted without a listener")
+		if len(cfg.Listeners) == 0 && cfg.PolicyService == nil {
+			t.Fatal("accepted with neither a milter listener nor a policy service")
+		}
+		if ps := cfg.PolicyService; ps != nil {
+			if _, _, err := ParseAddress(ps.Address); err != nil {
+				t.Fatalf("policy service: %v", err)
+			}
 		}
 		for _, l := range cfg.Listeners {
 			if _, _, err := ParseAddress(l.Address); err != nil {
