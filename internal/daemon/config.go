@@ -246,8 +246,16 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	cfg.Listeners, cfg.Socketmap = nil, nil
 	cfg.CreateKeyring = false
 	// A syntax error is reported alone: what follows it cannot be read.
-	if _, err := toml.Decode(string(data), &map[string]any{}); err != nil {
+	raw, err := toml.Decode(string(data), &map[string]any{})
+	if err != nil {
 		return nil, &ConfigError{Problems: []string{decodeProblem(name, err)}}
+	}
+	// Every key is lower case. The decoder matches keys without regard to
+	// case, so "Address" would be taken for "address", and with both in one
+	// table which one wins depends on its map order: such keys are
+	// reported alone, as what the rest means is not certain.
+	if problems := casedKeys(name, data, raw.Keys()); len(problems) > 0 {
+		return nil, &ConfigError{Problems: problems}
 	}
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
 	if err != nil {
@@ -282,6 +290,21 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		return nil, &ConfigError{Problems: errs}
 	}
 	return &cfg, nil
+}
+
+// casedKeys reports each key of keys (in file order) that is not all
+// lower case.
+func casedKeys(name string, data []byte, keys []toml.Key) []string {
+	loc := newLocator(data)
+	var out []string
+	for _, k := range keys {
+		last := k[len(k)-1]
+		if last != strings.ToLower(last) {
+			out = append(out, fmt.Sprintf("%s:%d: unknown key %q (keys are lower case: %q)",
+				name, loc.line(k), k.String(), strings.ToLower(last)))
+		}
+	}
+	return out
 }
 
 // ConfigError lists every problem found in a configuration, each with its

@@ -83,6 +83,8 @@ func TestConfigMistakes(t *testing.T) {
 		{"syntax", `level = "warn"`, `level = "warn`, "batv.toml:4:"},
 		{"unknown key", `level = "warn"`, "level = \"warn\"\nlevl = 1", `batv.toml:5: unknown key "log.levl"`},
 		{"unknown section", `[metrics]`, "[metrix]", `unknown key "metrix`},
+		{"key in capitals", `level = "warn"`, "Level = \"warn\"", `batv.toml:4: unknown key "log.Level" (keys are lower case: "level")`},
+		{"one key spelled twice", `name = "mx"`, "name = \"mx\"\nNAME = \"other\"", `batv.toml:13: unknown key "listener.NAME"`},
 		{"wrong type", `lifetime = 5`, `lifetime = "5"`, "batv.toml:25: sign.lifetime: incompatible types"},
 		{"bad duration", `idle_timeout = "20m"`, `idle_timeout = "twenty"`, "batv.toml:9"},
 		{"log format", `format = "json"`, `format = "xml"`, `batv.toml:3: log.format: "xml": want text or json`},

@@ -13,9 +13,9 @@ const referenceHeader = `# batv.toml: the configuration file of the batv milter 
 # value; options whose default cannot be written in TOML are commented out.
 #
 # The file is TOML (https://toml.io). batv reads it at start and again on
-# SIGHUP ("systemctl reload batv"). It is strict: an unknown key, a value of
-# the wrong type and every invalid setting are errors, all reported at once,
-# each with its file and line. "batv check-config -c FILE" checks a file, and
+# SIGHUP ("systemctl reload batv"). It is strict: an unknown key (keys are
+# lower case), a value of the wrong type and every invalid setting are
+# errors, all reported at once, each with its file and line. "batv check-config -c FILE" checks a file, and
 # the keyring it names, without starting anything.
 #
 # Durations are Go duration strings: "90s", "15m", "2h30m", "120h". There is
