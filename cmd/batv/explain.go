@@ -185,14 +185,22 @@ func keyWords(kr *keyring.Keyring, id int, now time.Time) string {
 		}
 		s := fmt.Sprintf("id %d, %s", id, k.State)
 		if !k.StoppedSigning.IsZero() {
-			s += ", stopped signing " + k.StoppedSigning.UTC().Format(time.RFC3339)
+			s += ", " + tense(k.StoppedSigning, now, "stops", "stopped") + " signing " + k.StoppedSigning.UTC().Format(time.RFC3339)
 		}
 		if !k.Retires.IsZero() {
-			s += ", retires " + k.Retires.UTC().Format(time.RFC3339)
+			s += ", " + tense(k.Retires, now, "retires", "retired") + " " + k.Retires.UTC().Format(time.RFC3339)
 		}
 		return s
 	}
 	return fmt.Sprintf("id %d: no such key in the keyring (never issued here, or retired and pruned)", id)
+}
+
+// tense is future for a time after now, past otherwise.
+func tense(t, now time.Time, future, past string) string {
+	if t.After(now) {
+		return future
+	}
+	return past
 }
 
 func expiryWords(daysLeft int, now time.Time) string {

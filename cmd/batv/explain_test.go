@@ -57,7 +57,7 @@ func TestExplainCLI(t *testing.T) {
 
 	out := explainOut(t, "--keyring", kr, expired, valid, forged, "alice@example.com")
 	wantLines(t, "expired tag", sectionOf(t, out, expired),
-		"form: standard", "untagged address alice@example.com", "key: id 0, signing",
+		"form: standard", "untagged address alice@example.com", "key: id 0, signing, stops signing 20",
 		"expired at the end of 2026-11-27 (1 day ago)", "signature: matches the address exactly", "outcome: expired",
 		"a bounce (MAIL FROM:<>) to it: batv refuses it at RCPT: 550 5.7.1 Bounce refused: the recipient address tag is expired",
 		"callout (MAIL FROM:<>, RCPT, QUIT): batv refuses it at RCPT: 550 5.7.1",
