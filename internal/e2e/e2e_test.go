@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 )
 
@@ -164,39 +165,15 @@ func newSiteWith(t *testing.T, cfg siteConfig) *site {
 		t.Fatal(err)
 	}
 	s.metrics = fmt.Sprintf("127.0.0.1:%d", ports[0])
-	writeFile(t, s.config, fmt.Sprintf(`
-keyring = %q
-
-[log]
-level = "debug"
-
-[[listener]]
-name = "milter"
-address = "unix:%s"
-roles = ["outbound", "inbound"]
-socket_group = "postfix"
-socket_mode = "0660"
-
-[socketmap]
-address = "unix:%s"
-socket_group = "postfix"
-socket_mode = "0660"
-
-[metrics]
-listen = %q
-
-[sign]
-domains = ["example.com"]
-# Every test client connects from 127.0.0.1: only AUTH and local
-# submission count as ours here.
-internal_networks = []
-%s
-
-[verify]
-# The keyring is new: end the grace period for untagged bounces now.
-grace_until = 2000-01-01T00:00:00Z
-%s
-`, s.keyring, milterSock, mapSock, s.metrics, cfg.sign, cfg.verify))
+	writeFile(t, s.config, daemontest.Config{
+		Keyring: s.keyring, LogLevel: "debug", Metrics: s.metrics,
+		Listeners: []daemontest.Listener{{Name: "milter", Address: "unix:" + milterSock, Roles: []string{"outbound", "inbound"}, Postfix: true}},
+		Socketmap: "unix:" + mapSock,
+		// Every test client connects from 127.0.0.1: only AUTH and local
+		// submission count as ours here.
+		Sign:   "internal_networks = []\n" + cfg.sign,
+		Verify: cfg.verify,
+	}.TOML())
 	s.daemon = startDaemon(t, s.config, milterSock, mapSock)
 	return s
 }

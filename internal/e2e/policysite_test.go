@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/internal/testenv/postfixdoc"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 )
@@ -112,44 +113,16 @@ func newPolicySite(t *testing.T, cfg policySiteConfig) *site {
 	}
 	s.metrics = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	s.config = filepath.Join(s.dir, "batv.toml")
-	writeFile(t, s.config, fmt.Sprintf(`
-keyring = %q
-
-[log]
-level = "debug"
-
-[[listener]]
-name = "milter"
-address = "unix:%[2]s/milter.sock"
-roles = ["outbound"]
-socket_group = "postfix"
-socket_mode = "0660"
-
-[socketmap]
-address = "unix:%[2]s/socketmap.sock"
-socket_group = "postfix"
-socket_mode = "0660"
-
-[policy_service]
-address = "unix:%[2]s/policy.sock"
-socket_group = "postfix"
-socket_mode = "0660"
-
-[metrics]
-listen = %[3]q
-
-[sign]
-domains = ["example.com"]
-# Every test client connects from 127.0.0.1: only AUTH and local
-# submission count as ours here.
-internal_networks = []
-%[4]s
-
-[verify]
-# The keyring is new: end the grace period for untagged bounces now.
-grace_until = 2000-01-01T00:00:00Z
-%[5]s
-`, s.keyring, sockDir, s.metrics, cfg.sign, cfg.verify))
+	writeFile(t, s.config, daemontest.Config{
+		Keyring: s.keyring, LogLevel: "debug", Metrics: s.metrics,
+		Listeners:     []daemontest.Listener{{Name: "milter", Address: "unix:" + sockDir + "/milter.sock", Roles: []string{"outbound"}, Postfix: true}},
+		Socketmap:     "unix:" + sockDir + "/socketmap.sock",
+		PolicyService: "unix:" + sockDir + "/policy.sock",
+		// Every test client connects from 127.0.0.1: only AUTH and local
+		// submission count as ours here.
+		Sign:   "internal_networks = []\n" + cfg.sign,
+		Verify: cfg.verify,
+	}.TOML())
 	s.daemon = startDaemon(t, s.config, s.sockets()...)
 	return s
 }
