@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/internal/testenv/postfixdoc"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/keyring"
@@ -151,26 +152,11 @@ func (e *env) policyScenario() scenario {
 		if err := os.Chown(dir, 0, e.pf.PostfixGID()); err != nil {
 			t.Fatal(err)
 		}
-		config := e.file("batv-policy.toml", fmt.Sprintf(`keyring = %q
-
-[log]
-level = "info"
-
-[[listener]]
-name = "milter"
-address = "unix:%[2]s/milter.sock"
-roles = ["outbound"]
-
-[socketmap]
-address = "unix:%[2]s/socketmap.sock"
-socket_group = "postfix"
-socket_mode = "0660"
-
-[policy_service]
-address = "unix:%[2]s/policy.sock"
-socket_group = "postfix"
-socket_mode = "0660"
-%[3]s`, e.keyring, dir, signVerifyTOML()))
+		config := e.config("batv-policy.toml", daemontest.Config{
+			Listeners:     []daemontest.Listener{{Name: "milter", Address: "unix:" + dir + "/milter.sock", Roles: []string{"outbound"}}},
+			Socketmap:     "unix:" + dir + "/socketmap.sock",
+			PolicyService: "unix:" + dir + "/policy.sock",
+		})
 		return []*daemon{e.startDaemon(t, "batv-policy", []string{e.batvBin, "milter", "--config", config}, nil,
 			filepath.Join(dir, "socketmap.sock"), filepath.Join(dir, "policy.sock"))}
 	}
@@ -200,42 +186,24 @@ func (e *env) file(name, content string) string {
 
 func (e *env) sock(name string) string { return filepath.Join(e.dir, name) }
 
-// signVerifyTOML is the [sign] and [verify] of both batv scenarios: the grace
-// period over, no internal network on loopback, where the storm comes
-// from, and the stage of -refuse-untagged-at.
-func signVerifyTOML() string {
-	return fmt.Sprintf(`
-[sign]
-domains = ["example.com"]
-internal_networks = ["192.0.2.0/24"]
-
-[verify]
-untagged_bounce = "reject"
-refuse_untagged_at = %q
-grace_until = 2000-01-01T00:00:00Z
-`, *flagUntaggedAt)
-}
-
 // batvConfig is docs/postfix.md's batv.toml with the grace period over and
 // no internal network on loopback, where the storm comes from.
 func (e *env) batvConfig() string {
-	return e.file("batv.toml", fmt.Sprintf(`keyring = %q
+	return e.config("batv.toml", daemontest.Config{
+		Listeners: []daemontest.Listener{{Name: "milter", Address: "unix:" + e.sock("milter.sock"), Roles: []string{"outbound", "inbound"}, Postfix: true}},
+		Socketmap: "unix:" + e.sock("socketmap.sock"),
+	})
+}
 
-[log]
-level = "info"
-
-[[listener]]
-name = "milter"
-address = "unix:%s"
-roles = ["outbound", "inbound"]
-socket_group = "postfix"
-socket_mode = "0660"
-
-[socketmap]
-address = "unix:%s"
-socket_group = "postfix"
-socket_mode = "0660"
-%s`, e.keyring, e.sock("milter.sock"), e.sock("socketmap.sock"), signVerifyTOML()))
+// config writes file name, a batv.toml of c with the keyring,
+// info-level logs, and the [sign] and [verify] of both batv scenarios: no
+// internal network on loopback, where the storm comes from, and the stage
+// of -refuse-untagged-at.
+func (e *env) config(name string, c daemontest.Config) string {
+	c.Keyring, c.LogLevel = e.keyring, "info"
+	c.Sign = `internal_networks = ["192.0.2.0/24"]`
+	c.Verify = fmt.Sprintf("untagged_bounce = \"reject\"\nrefuse_untagged_at = %q", *flagUntaggedAt)
+	return e.file(name, c.TOML())
 }
 
 // envelope is the message of session i: about legit percent legitimate
