@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/batv/batv/internal/load"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/keyring"
 )
 
@@ -119,13 +120,14 @@ func run(ctx context.Context, o runOptions, out io.Writer) (err error) {
 	// milter), one listener per role combination. Daemon B: the same with
 	// remove_forged_headers = false, as docs/postfix.md suggests for a
 	// busy MX that strips them with header_checks.
-	cfgA := daemonConfig(kr, true, []listener{
-		{"both", "unix:" + sock("both"), `"outbound", "inbound"`},
-		{"out", "unix:" + sock("out"), `"outbound"`},
-		{"in", "unix:" + sock("in"), `"inbound"`},
-		{"tcp", fmt.Sprintf("inet:127.0.0.1:%d", batvPort), `"outbound", "inbound"`},
+	bothRoles := []string{"outbound", "inbound"}
+	cfgA := daemonConfig(kr, true, []daemontest.Listener{
+		{Name: "both", Address: "unix:" + sock("both"), Roles: bothRoles},
+		{Name: "out", Address: "unix:" + sock("out"), Roles: []string{"outbound"}},
+		{Name: "in", Address: "unix:" + sock("in"), Roles: []string{"inbound"}},
+		{Name: "tcp", Address: fmt.Sprintf("inet:127.0.0.1:%d", batvPort), Roles: bothRoles},
 	}, o.verify)
-	cfgB := daemonConfig(kr, false, []listener{{"in", "unix:" + sock("in-nohdr"), `"inbound"`}}, o.verify)
+	cfgB := daemonConfig(kr, false, []daemontest.Listener{{Name: "in", Address: "unix:" + sock("in-nohdr"), Roles: []string{"inbound"}}}, o.verify)
 	start := func(name string, args ...string) (*proc, error) {
 		p, err := startProc(ctx, filepath.Join(dir, name+".log"), args...)
 		if err == nil {
@@ -269,20 +271,14 @@ func median(reps []*load.Report) summary {
 	}
 }
 
-type listener struct{ name, address, roles string }
-
 // daemonConfig is a batv.toml for the benchmark: the keyring, info-level
 // logs, the listeners, signing and verifying example.com (the load
 // generator's default domain), and no grace period for untagged bounces.
-func daemonConfig(keyringPath string, removeForged bool, ls []listener, verify string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "keyring = %q\n\n[log]\nlevel = \"info\"\n\n[limits]\nmax_connections = 4096\n\n", keyringPath)
-	for _, l := range ls {
-		fmt.Fprintf(&b, "[[listener]]\nname = %q\naddress = %q\nroles = [%s]\n\n", l.name, l.address, l.roles)
-	}
-	fmt.Fprintf(&b, "[sign]\ndomains = [%q]\n\n[verify]\ngrace_until = 2000-01-01T00:00:00Z\nremove_forged_headers = %v\n%s\n",
-		load.DefaultDomain, removeForged, verify)
-	return b.String()
+func daemonConfig(keyringPath string, removeForged bool, ls []daemontest.Listener, verify string) string {
+	return daemontest.Config{
+		Keyring: keyringPath, LogLevel: "info", MaxConnections: 4096, Listeners: ls,
+		Verify: fmt.Sprintf("remove_forged_headers = %v\n%s", removeForged, verify),
+	}.TOML()
 }
 
 func writeFile(dir, name, content string) string {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/load"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/internal/testenv/postfixtest"
 	"github.com/batv/batv/keyring"
 )
@@ -72,24 +73,10 @@ func TestPostfixThroughput(t *testing.T) {
 	}
 	tagged := signed.Address
 	sock := filepath.Join(dir, "milter.sock")
-	cfg := writeFile(dir, "batv.toml", fmt.Sprintf(`keyring = %q
-
-[log]
-level = "info"
-
-[[listener]]
-name = "milter"
-address = "unix:%s"
-roles = ["outbound", "inbound"]
-socket_mode = "0660"
-socket_group = "postfix"
-
-[sign]
-domains = ["example.com"]
-
-[verify]
-grace_until = 2000-01-01T00:00:00Z
-`, kr, sock))
+	cfg := writeFile(dir, "batv.toml", daemontest.Config{
+		Keyring: kr, LogLevel: "info",
+		Listeners: []daemontest.Listener{{Name: "milter", Address: "unix:" + sock, Roles: []string{"outbound", "inbound"}, Postfix: true}},
+	}.TOML())
 
 	// The message: six headers, as in batv bench, and a 2 KiB body.
 	msgFile := func(from, to string) string {
