@@ -35,6 +35,7 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/mta"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/keyring"
 )
 
@@ -56,25 +57,8 @@ type sample struct {
 
 type daemonProc struct {
 	cmd     *exec.Cmd
-	log     *lockedBuffer
+	log     *daemontest.Buffer
 	metrics string
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 var client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
@@ -177,26 +161,14 @@ func TestSoak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemonProc{log: &lockedBuffer{}, metrics: freeLoopbackPort(t)}
+	d := &daemonProc{log: &daemontest.Buffer{}, metrics: freeLoopbackPort(t)}
 	sock := filepath.Join(dir, "milter.sock")
 	config := filepath.Join(dir, "batv.toml")
-	os.WriteFile(config, []byte(fmt.Sprintf(`keyring = %q
-[log]
-level = "warn"
-[metrics]
-listen = %q
-[limits]
-max_connections = %d
-[[listener]]
-name = "milter"
-address = "unix:%s"
-roles = ["outbound", "inbound"]
-[sign]
-domains = ["example.com"]
-internal_networks = ["10.0.0.0/8"]
-[verify]
-grace_until = 2000-01-01T00:00:00Z
-`, kr, d.metrics, 2*conns+100, sock)), 0o600)
+	os.WriteFile(config, []byte(daemontest.Config{
+		Keyring: kr, LogLevel: "warn", Metrics: d.metrics, MaxConnections: 2*conns + 100,
+		Listeners: []daemontest.Listener{{Name: "milter", Address: "unix:" + sock, Roles: []string{"outbound", "inbound"}}},
+		Sign:      `internal_networks = ["10.0.0.0/8"]`,
+	}.TOML()), 0o600)
 
 	// The daemon logs at warn level (a line per decision at 1,000
 	// messages a second is too much to keep), so the test gives it a
