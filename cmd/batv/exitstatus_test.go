@@ -7,10 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/batv/batv/internal/testenv/daemontest"
 )
 
 // TestExitStatusTable runs a case for every row of the exit-status table,
@@ -118,7 +119,7 @@ func milterStoppedCleanly(t *testing.T, kr string) int {
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr daemontest.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run([]string{"batv", "milter", "-c", cfg}, strings.NewReader(""), &bytes.Buffer{}, &stderr)
@@ -145,25 +146,6 @@ func milterStoppedCleanly(t *testing.T, kr string) int {
 		t.Fatalf("milter did not stop on SIGTERM:\n%s", stderr.String())
 	}
 	return -1
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader in two
-// goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestExitStatusDocs: docs/operations.md has the exit-status table as

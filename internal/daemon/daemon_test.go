@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/mta"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/keyring"
 )
 
@@ -34,24 +34,7 @@ type testDaemon struct {
 	stop    chan struct{}
 	done    chan error
 	d       *Daemon
-	log     syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	log     daemontest.Buffer
 }
 
 // testConfig is the daemon configuration of these tests: a keyring, a

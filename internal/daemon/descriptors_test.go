@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/batv/batv/internal/mta"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/keyring"
 )
 
@@ -74,7 +75,7 @@ func helperDaemon(cfg string) int {
 // helper is a daemon in a process of its own.
 type helper struct {
 	cmd      *exec.Cmd
-	log      syncBuffer
+	log      daemontest.Buffer
 	exited   chan struct{}
 	metrics  string // the metrics endpoint's address
 	milter   string

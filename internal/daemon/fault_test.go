@@ -21,6 +21,7 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/mta"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/keyring"
 )
 
@@ -51,7 +52,7 @@ type faultDaemon struct {
 	reload, stop            chan struct{}
 	done                    chan error
 	d                       *Daemon
-	log                     syncBuffer
+	log                     daemontest.Buffer
 	goodKeyring, goodConfig []byte
 	keys                    *keyring.Keyring // the keyring the daemon started with
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/mta"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	"github.com/batv/batv/keyring"
 	"github.com/batv/batv/keyring/keyringtest"
 )
@@ -140,7 +141,7 @@ internal_networks = []
 grace_until = 2000-01-01T00:00:00Z
 `, kr, format, sock, mapSock)
 	os.WriteFile(config, []byte(goodConfig), 0o600)
-	var logBuf syncBuffer
+	var logBuf daemontest.Buffer
 	reload, stop, done := make(chan struct{}), make(chan struct{}, 1), make(chan error, 1)
 	ready := make(chan *Daemon, 1)
 	go func() {
