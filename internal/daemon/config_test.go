@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"errors"
-	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -205,7 +204,7 @@ func TestPolicyFields(t *testing.T) {
 // daemon logs at start, at level WARN.
 func TestWarningsLoggedAtStart(t *testing.T) {
 	td := startTestDaemonWith(t, func(td *testDaemon) string {
-		return strings.Replace(fmt.Sprintf(testConfig, td.keyring, td.sock, "", ""), `listen = "127.0.0.1:0"`, `listen = ":0"`, 1)
+		return strings.Replace(testConfig(td.keyring, td.sock, "", ""), `listen = "127.0.0.1:0"`, `listen = ":0"`, 1)
 	})
 	want := `level=WARN msg="configuration: metrics.listen: \":0\" listens on every interface: every host that reaches this one can talk to the metrics endpoint"`
 	if !strings.Contains(td.log.String(), want) {

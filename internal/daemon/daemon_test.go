@@ -37,35 +37,16 @@ type testDaemon struct {
 	log     daemontest.Buffer
 }
 
-// testConfig is the daemon configuration of these tests: a keyring, a
-// unix socket, then extra [sign] and [verify] settings.
-const testConfig = `
-keyring = %q
-keyring_poll = "100ms"
-
-[log]
-level = "debug"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[limits]
-shutdown_timeout = "2s"
-
-[[listener]]
-name = "milter"
-address = "unix:%s"
-roles = ["outbound", "inbound"]
-
-[sign]
-domains = ["example.com"]
-internal_networks = []
-%s
-
-[verify]
-grace_until = 2000-01-01T00:00:00Z
-%s
-`
+// testConfig is the daemon configuration of these tests: keyring kr,
+// milter socket sock, then extra [sign] and [verify] settings.
+func testConfig(kr, sock, sign, verify string) string {
+	return daemontest.Config{
+		Keyring: kr, KeyringPoll: "100ms", LogLevel: "debug", Metrics: "127.0.0.1:0", ShutdownTimeout: "2s",
+		Listeners: []daemontest.Listener{{Name: "milter", Address: "unix:" + sock, Roles: []string{"outbound", "inbound"}}},
+		Sign:      "internal_networks = []\n" + sign,
+		Verify:    verify,
+	}.TOML()
+}
 
 // keyringCreated is when the test keyrings are made: long enough ago that
 // tags of the past days verify.
@@ -73,7 +54,7 @@ var keyringCreated = time.Now().Add(-30 * 24 * time.Hour)
 
 func startTestDaemon(t *testing.T) *testDaemon {
 	t.Helper()
-	return startTestDaemonWith(t, func(td *testDaemon) string { return fmt.Sprintf(testConfig, td.keyring, td.sock, "", "") })
+	return startTestDaemonWith(t, func(td *testDaemon) string { return testConfig(td.keyring, td.sock, "", "") })
 }
 
 // startTestDaemonWith is startTestDaemon with the configuration that

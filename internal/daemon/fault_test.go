@@ -74,7 +74,7 @@ func startFaultDaemon(t *testing.T, clock *fakeClock, created time.Time, signExt
 		t.Fatal(err)
 	}
 	fd.goodKeyring, _ = os.ReadFile(fd.kr)
-	fd.goodConfig = []byte(fmt.Sprintf(testConfig, fd.kr, fd.sock, signExtra, verifyExtra))
+	fd.goodConfig = []byte(testConfig(fd.kr, fd.sock, signExtra, verifyExtra))
 	if err := os.WriteFile(fd.config, fd.goodConfig, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -115,7 +115,7 @@ func TestDaemonLogsJournalPriorities(t *testing.T) {
 	if _, err := (keyring.File{Path: kr}).Create(keyringCreated, rand.Reader, keyring.DefaultOptions()); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(config, []byte(fmt.Sprintf(testConfig, kr, sock, "", "")), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(testConfig(kr, sock, "", "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, journal := range []bool{true, false} {

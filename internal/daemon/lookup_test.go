@@ -17,7 +17,7 @@ import (
 // lookupConfig is testConfig's daemon on milter socket sock, with the
 // lookup service on mapSock and limits added to [limits].
 func lookupConfig(kr, sock, mapSock, limits string) string {
-	c := fmt.Sprintf(testConfig, kr, sock, "", "")
+	c := testConfig(kr, sock, "", "")
 	c = strings.Replace(c, "[limits]\n", "[limits]\n"+limits+"\n", 1)
 	return strings.Replace(c, "\n[sign]\n", fmt.Sprintf("\n[socketmap]\naddress = \"unix:%s\"\n\n[sign]\n", mapSock), 1)
 }

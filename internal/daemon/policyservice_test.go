@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bufio"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,7 +13,7 @@ import (
 // policyConfig is testConfig with at most two connections per listener,
 // the policy service on unix socket sock, and verify in [verify].
 func policyConfig(td *testDaemon, sock, verify string) string {
-	cfg := fmt.Sprintf(testConfig, td.keyring, td.sock, "", verify+"\n[policy_service]\naddress = \"unix:"+sock+"\"")
+	cfg := testConfig(td.keyring, td.sock, "", verify+"\n[policy_service]\naddress = \"unix:"+sock+"\"")
 	return strings.Replace(cfg, "[limits]\n", "[limits]\nmax_connections = 2\n", 1)
 }
 
