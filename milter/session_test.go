@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -20,6 +17,7 @@ import (
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/mta"
 	"github.com/batv/batv/internal/serve"
+	"github.com/batv/batv/internal/testenv/conntest"
 	gomilter "github.com/d--j/go-milter"
 )
 
@@ -28,16 +26,7 @@ import (
 func testServer(t testing.TB, roles Roles, mod func(*policy.Config), tweak func(*Server, *serve.Options)) (*serve.Listener, string) {
 	t.Helper()
 	p := testPolicy(t, mod)
-	dir, err := os.MkdirTemp("", "batv-milter")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "milter.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, path := conntest.ListenUnix(t, "milter.sock")
 	tl := &testLog{t: t}
 	log := slog.New(slog.NewTextHandler(tl, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	t.Cleanup(func() {

@@ -1,11 +1,12 @@
 // Package conntest holds what the tests of batv's listeners share: a
-// listener fed through a channel, and checks that goroutines and file
-// descriptors come back to a baseline.
+// listener fed through a channel, a unix socket in a temporary directory,
+// and checks that goroutines and file descriptors come back to a baseline.
 package conntest
 
 import (
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -44,6 +45,25 @@ func (l *ChanListener) Close() error {
 
 // Addr is a placeholder address.
 func (l *ChanListener) Addr() net.Addr { return &net.UnixAddr{Name: "chan", Net: "unix"} }
+
+// ListenUnix listens on a unix socket called name in a new temporary
+// directory (short enough for sun_path's 108 bytes), removed when the test
+// ends, and returns the listener and the socket's path. Closing the
+// listener is the caller's.
+func ListenUnix(t testing.TB, name string) (net.Listener, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "batv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, name)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln, path
+}
 
 // Settle waits up to 10 seconds for cur() to come down to at most want,
 // and fails the test if it does not (with a dump of the goroutines when

@@ -4,14 +4,12 @@ package miltertest
 
 import (
 	"context"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/batv/batv/batv"
 	"github.com/batv/batv/internal/serve"
+	"github.com/batv/batv/internal/testenv/conntest"
 	"github.com/batv/batv/milter"
 	"github.com/batv/batv/policy"
 )
@@ -29,16 +27,7 @@ func Serve(t testing.TB, domain string, keys batv.Keyring) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "miltertest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "m.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, path := conntest.ListenUnix(t, "m.sock")
 	l := serve.New(ln, serve.Options{Name: "test"})
 	srv := &milter.Server{Name: "test", Roles: milter.Outbound | milter.Inbound, Policy: func() *policy.Policy { return p }}
 	done := make(chan error, 1)
