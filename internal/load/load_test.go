@@ -5,9 +5,7 @@ import (
 	"errors"
 	"io"
 	"log"
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,22 +14,13 @@ import (
 	emilter "github.com/emersion/go-milter"
 
 	"github.com/batv/batv/batv"
+	"github.com/batv/batv/internal/testenv/conntest"
 	"github.com/batv/batv/internal/testenv/miltertest"
 )
 
 var testKeys = batv.SingleKey{ID: 3, Secret: []byte("load test key, 32 bytes long...")}
 
 // sockPath returns a short unix socket path (sun_path is 108 bytes).
-func sockPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "load")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "m.sock")
-}
-
 // serveBATV serves batv's own milter with both roles.
 func serveBATV(t *testing.T) string {
 	t.Helper()
@@ -43,11 +32,7 @@ func serveBATV(t *testing.T) string {
 // version 2 milter without the no-reply flags.
 func serveNop(t *testing.T) string {
 	t.Helper()
-	path := sockPath(t)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, path := conntest.ListenUnix(t, "m.sock")
 	srv := &emilter.Server{
 		NewMilter: func() emilter.Milter { return emilter.NoOpMilter{} },
 		Actions:   emilter.OptChangeFrom | emilter.OptAddRcpt | emilter.OptRemoveRcpt,
@@ -143,11 +128,7 @@ func TestRunWrongKey(t *testing.T) {
 func TestRunCountsErrors(t *testing.T) {
 	log.SetOutput(io.Discard) // go-milter logs each dropped session
 	t.Cleanup(func() { log.SetOutput(os.Stderr) })
-	path := sockPath(t)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, path := conntest.ListenUnix(t, "m.sock")
 	t.Cleanup(func() { ln.Close() })
 	srv := &emilter.Server{
 		NewMilter: func() emilter.Milter { return dropper{} },

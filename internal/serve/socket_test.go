@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -39,16 +37,8 @@ type socketServer struct {
 
 func startSocket(t *testing.T, opts Options, handle func(*Conn)) *socketServer {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "serve") // short: sun_path is 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &socketServer{path: filepath.Join(dir, "s.sock"), log: &recorder{}, reg: prometheus.NewRegistry(), served: make(chan error, 1)}
-	ln, err := net.Listen("unix", s.path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, path := conntest.ListenUnix(t, "s.sock")
+	s := &socketServer{path: path, log: &recorder{}, reg: prometheus.NewRegistry(), served: make(chan error, 1)}
 	opts.Name = "t"
 	opts.Logger = slog.New(recHandler{r: s.log})
 	opts.Metrics = metrics.New(s.reg)

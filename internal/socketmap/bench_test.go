@@ -6,13 +6,12 @@ import (
 	"context"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/batv/batv/internal/serve"
+	"github.com/batv/batv/internal/testenv/conntest"
 )
 
 // benchHandler answers every lookup with a fixed result, allocating
@@ -31,16 +30,7 @@ var (
 
 func startBenchServer(b *testing.B) string {
 	b.Helper()
-	dir, err := os.MkdirTemp("", "smapb")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "s")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ln, path := conntest.ListenUnix(b, "s")
 	l := serve.New(ln, serve.Options{})
 	go func() { _ = l.Serve(func(c *serve.Conn) { ServeConn(c, benchHandler) }) }()
 	b.Cleanup(func() {

@@ -8,8 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/batv/batv/internal/metrics"
 	"github.com/batv/batv/internal/serve"
+	"github.com/batv/batv/internal/testenv/conntest"
 )
 
 // logRecorder is a slog.Handler that keeps every record, rendered as
@@ -107,16 +106,7 @@ func startServer(t *testing.T, h Handler, opts serve.Options) *testServer {
 // connection.
 func startServerFunc(t *testing.T, opts serve.Options, handle func(*serve.Conn)) *testServer {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "smap") // short: sun_path is 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "map.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, path := conntest.ListenUnix(t, "map.sock")
 	ts := &testServer{path: path, log: newLogRecorder(), reg: prometheus.NewRegistry(), serveCh: make(chan error, 1)}
 	opts.Name = "socketmap"
 	opts.Logger = slog.New(ts.log)
