@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -258,22 +257,12 @@ func (s *site) sign(addr string, daysAgo int) string {
 // daemon is a running "batv milter".
 type daemon struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	log  bytes.Buffer
+	log  daemontest.Buffer
 	done chan error
 }
 
-func (d *daemon) Write(p []byte) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.log.Write(p)
-}
-
-func (d *daemon) Log() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.log.String()
-}
+// Log is what the daemon wrote to stdout and stderr so far.
+func (d *daemon) Log() string { return d.log.String() }
 
 func startDaemon(t *testing.T, config string, sockets ...string) *daemon {
 	t.Helper()
@@ -286,7 +275,7 @@ func startDaemonAs(t *testing.T, cred *syscall.Credential, config string, socket
 	t.Helper()
 	d := &daemon{done: make(chan error, 1)}
 	d.cmd = exec.Command(batvBin, "milter", "--config", config)
-	d.cmd.Stdout, d.cmd.Stderr = d, d
+	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
 	if cred != nil {
 		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}

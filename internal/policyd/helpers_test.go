@@ -2,7 +2,6 @@ package policyd
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/internal/testenv/conntest"
+	"github.com/batv/batv/internal/testenv/daemontest"
 )
 
 // postfixRequest is a request as Postfix 3.7.11 sends it at RCPT, captured
@@ -29,22 +29,7 @@ func postfixRequest(t testing.TB) string {
 }
 
 // logBuf collects a server's log lines (slog text format, debug level).
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuf struct{ daemontest.Buffer }
 
 func (l *logBuf) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
