@@ -139,6 +139,7 @@ func Run(opts Options) error {
 		"grace_until", st.policy.GraceUntil().UTC().Format(time.RFC3339))
 	d.logKeyring()
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	d.releaseStartupPages()
 	if opts.Ready != nil {
 		opts.Ready(d)
 	}
@@ -336,6 +337,17 @@ func (d *Daemon) keyringChanged(err error) {
 	d.metrics.reload("keyring", true, d.now())
 	d.log.Info("keyring reloaded")
 	d.logKeyring()
+}
+
+// releaseStartupPages leaves resident only the pages of the executable
+// that serving uses (pages_linux.go), and says so at debug level.
+func (d *Daemon) releaseStartupPages() {
+	before, after, err := releaseStartupPages()
+	if err != nil {
+		d.log.Debug("start-up pages of the executable kept", "error", err)
+		return
+	}
+	d.log.Debug("start-up pages of the executable released", "resident_file_kib_before", before>>10, "resident_file_kib_after", after>>10)
 }
 
 func (d *Daemon) logKeyring() {

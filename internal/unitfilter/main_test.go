@@ -158,6 +158,8 @@ func TestBatvUnderUnitFilter(t *testing.T) {
 		t.Fatalf("keys init: %v\n%s", err, out)
 	}
 	cfg := fmt.Sprintf(`keyring = %q
+[log]
+level = "debug"
 [[listener]]
 name = "milter"
 address = "unix:%s"
@@ -182,6 +184,7 @@ domains = ["example.com"]
 		cmd := underFilter(shipped, bin, "milter", "--config", config)
 		log := startLogged(t, cmd)
 		waitFor(t, log, "batv started")
+		waitFor(t, log, "start-up pages of the executable released")
 		fi, err := os.Stat(milterSock)
 		if err != nil {
 			t.Fatal(err)
