@@ -510,3 +510,48 @@ func TestNewChecksTheKeyringsLifetime(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestUnicodeDomainSpellings: an SMTPUTF8 client may write a domain as its
+// U-label, and Postfix receives mail for whichever form its domain lists
+// name, so an address in either form is in the configured A-label domain.
+func TestUnicodeDomainSpellings(t *testing.T) {
+	const aLabel = "xn--bcher-kva.example"
+	p := testPolicy(t, func(c *Config) {
+		c.Sign.Domains = []string{aLabel}
+		c.Verify.ExemptRecipients = []string{"noc@bücher.example"}
+	})
+	for _, d := range []string{aLabel, "XN--BCHER-KVA.example", "bücher.example", "BÜCHER.EXAMPLE", "bu\u0308cher.example"} {
+		if !p.Protected(d) {
+			t.Errorf("%q: not protected", d)
+		}
+		trx := p.Begin(mxClient, "")
+		if got := trx.Recipient("alice@"+d, testNow); got.Action != ActReject || !got.AtData || got.Status != batv.Missing || !got.Protected {
+			t.Errorf("untagged bounce to alice@%s: %+v, want refused at DATA", d, got)
+		}
+		if reply, refused := trx.Data(); !refused || reply.Code != 550 {
+			t.Errorf("untagged bounce to alice@%s at DATA: %v %v, want 550", d, reply, refused)
+		}
+	}
+	for _, d := range []string{"bücher.example.org", "b\xffcher.example", "bücher.test"} {
+		if p.Protected(d) {
+			t.Errorf("%q: protected", d)
+		}
+	}
+	// A sender who writes the U-label is signed over the bytes written,
+	// and a bounce to that tag verifies.
+	r := p.Sign("Alice@bücher.example", []string{"bob@example.org"}, testNow)
+	if r.Skip != NotSkipped {
+		t.Fatalf("sender in the U-label form: skipped, %v %v", r.Skip, r.Err)
+	}
+	trx := p.Begin(mxClient, "")
+	if got := trx.Recipient(r.Address, testNow); got.Action != ActAccept || got.Status != batv.Valid || got.Rewrite != "Alice@bücher.example" {
+		t.Errorf("bounce to %s: %+v", r.Address, got)
+	}
+	// Exemptions match in either form too.
+	for _, rcpt := range []string{"NOC@xn--bcher-kva.example", "noc@bücher.example", "noc@BÜCHER.example"} {
+		trx := p.Begin(mxClient, "")
+		if got := trx.Recipient(rcpt, testNow); got.Action != ActExempt {
+			t.Errorf("bounce to exempt %s: %v", rcpt, got.Action)
+		}
+	}
+}

@@ -31,7 +31,27 @@ func newDomainSet(field string, domains []string, bad func(field, format string,
 }
 
 func (s domainSet) has(domain string) bool {
-	return domain != "" && s.set[strings.ToLower(domain)]
+	return domain != "" && s.set[domainKey(domain)]
+}
+
+// domainKey is the form of an address's domain that is compared with the
+// configured ones: lowercased, and a domain with non-ASCII letters (a
+// U-label, "bücher.example", from an SMTPUTF8 client) in its ASCII form
+// ("xn--bcher-kva.example"). Postfix matches its domain lists as written,
+// so a site that lists the U-label form receives mail for it, and batv,
+// configured with the A-label, must see it as the same domain. A name that
+// has no ASCII form is returned lowercased, and matches no configured
+// domain.
+func domainKey(domain string) string {
+	for i := 0; i < len(domain); i++ {
+		if domain[i] >= 0x80 {
+			if a, err := domainName.ToASCII(domain); err == nil {
+				return a
+			}
+			return strings.ToLower(domain)
+		}
+	}
+	return strings.ToLower(domain)
 }
 
 // domainName is the profile a configured domain is checked with: the
@@ -40,10 +60,10 @@ func (s domainSet) has(domain string) bool {
 var domainName = idna.New(idna.MapForLookup(), idna.VerifyDNSLength(true), idna.BidiRule(),
 	idna.StrictDomainName(true), idna.Transitional(false))
 
-// checkDomain checks a lowercased domain of the configuration. Addresses
-// reach batv with the ASCII form of their domain (an A-label,
-// "xn--bcher-kva.example"), so a Unicode name must be written in that form
-// to match them.
+// checkDomain checks a lowercased domain of the configuration. A Unicode
+// name is configured in its ASCII form (an A-label,
+// "xn--bcher-kva.example"), one spelling for each domain; addresses match
+// it in either form (domainKey).
 func checkDomain(d string) error {
 	a, err := domainName.ToASCII(d)
 	switch {
@@ -52,7 +72,7 @@ func checkDomain(d string) error {
 	case err != nil:
 		return fmt.Errorf("%q is not a domain name", d)
 	case a != d:
-		return fmt.Errorf("%q: write the domain in its ASCII form, %q, the form addresses carry", d, a)
+		return fmt.Errorf("%q: write the domain in its ASCII form, %q (addresses match it in either form)", d, a)
 	}
 	return nil
 }
@@ -79,7 +99,7 @@ func newAddrSet(field string, entries []string, bad func(field, format string, a
 			}
 			s.domains[d] = true
 		case at > 0:
-			s.addrs[e] = true
+			s.addrs[e[:at]+"@"+domainKey(e[at+1:])] = true
 		default:
 			s.locals[e] = true
 		}
@@ -101,8 +121,9 @@ func (s addrSet) matchRecipient(addr, local string) bool {
 	if s.empty() {
 		return false
 	}
-	_, domain := splitAddr(addr)
-	return s.addrs[strings.ToLower(addr)] || s.domains[strings.ToLower(domain)] || s.locals[strings.ToLower(local)]
+	addrLocal, domain := splitAddr(addr)
+	domain = domainKey(domain)
+	return s.addrs[strings.ToLower(addrLocal)+"@"+domain] || s.domains[domain] || s.locals[strings.ToLower(local)]
 }
 
 // parsePrefixes parses networks in CIDR notation or single addresses.

@@ -352,7 +352,9 @@ once tagged).`,
 subdomains are not included. Each must be a host name (letters, digits and
 hyphens; labels of 1 to 63 characters), without a trailing dot, and an
 internationalised name in its ASCII form ("xn--bcher-kva.example", not
-"bücher.example"), the form addresses carry. The --domain option of "batv milter" adds to
+"bücher.example"); an address matches it in either form, since Postfix
+accepts mail for whichever form its own domain lists name (an SMTPUTF8
+client may write either). The --domain option of "batv milter" adds to
 this list. Sign only domains whose MX hosts run batv (or another BATV
 verifier with the same keys) with the Postfix lookup tables: elsewhere
 bounces and replies to tagged addresses are refused as unknown users.`,
@@ -463,8 +465,10 @@ are never refused.`,
 			{
 				key: `domains`,
 				doc: `The recipient domains whose bounces are checked, and for which the lookup
-service answers. Verify only domains all of whose mail is signed: once the
-grace period is over, bounces to their untagged addresses are refused.`,
+service answers, written as [sign] domains are; a recipient matches in the
+domain's ASCII or Unicode form. Verify only domains all of whose mail is
+signed: once the grace period is over, bounces to their untagged addresses
+are refused.`,
 				default_:  `the [sign] domains`,
 				example:   `domains = ["example.com", "example.net"]`,
 				value:     `["example.com"]`,

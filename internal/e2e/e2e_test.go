@@ -92,6 +92,10 @@ type siteConfig struct {
 	main map[string]string
 	// sign and verify are lines added to batv's [sign] and [verify].
 	sign, verify string
+	// unicodeDomain adds bücher.example, spelled so in Postfix's
+	// relay_domains and with the mailbox alice@bücher.example, and in its
+	// ASCII form in batv's domains.
+	unicodeDomain bool
 }
 
 // docsMain are the main.cf lines of docs/postfix.md that the site takes
@@ -119,8 +123,14 @@ func newSiteWith(t *testing.T, cfg siteConfig) *site {
 	// The keyring dates from a month ago, so tests can sign as on past days.
 	s.batv("keys", "--at", time.Now().UTC().AddDate(0, -1, 0).Format(time.RFC3339), "init", "--keyring", s.keyring)
 
+	domains, batvDomains := []string{"example.com"}, []string{"example.com"}
+	mailboxes := []string{"alice@example.com", "bob@example.com", "postmaster@example.com"}
+	if cfg.unicodeDomain {
+		domains, batvDomains = append(domains, "bücher.example"), append(batvDomains, "xn--bcher-kva.example")
+		mailboxes = append(mailboxes, "alice@bücher.example")
+	}
 	recipients := filepath.Join(s.dir, "relay_recipients")
-	writeTable(t, recipients, "alice@example.com x\nbob@example.com x\npostmaster@example.com x\n")
+	writeTable(t, recipients, strings.Join(mailboxes, " x\n")+" x\n")
 	// Postfix reaches the sockets by paths relative to its queue
 	// directory, as docs/postfix.md says: they work whether its daemons
 	// run chrooted or not.
@@ -136,7 +146,8 @@ func newSiteWith(t *testing.T, cfg siteConfig) *site {
 	maps.Copy(main, docsMain)
 	maps.Copy(main, cfg.main)
 	s.pf = postfixtest.Start(t, postfixtest.Options{
-		Recipients:        []string{"alice@example.com", "bob@example.com", "postmaster@example.com"},
+		Domains:           domains,
+		Recipients:        mailboxes,
 		Users:             map[string]string{"alice": password},
 		Main:              main,
 		SubmissionOptions: docsSubmission,
@@ -165,7 +176,7 @@ func newSiteWith(t *testing.T, cfg siteConfig) *site {
 	}
 	s.metrics = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	writeFile(t, s.config, daemontest.Config{
-		Keyring: s.keyring, LogLevel: "debug", Metrics: s.metrics,
+		Keyring: s.keyring, LogLevel: "debug", Metrics: s.metrics, Domains: batvDomains,
 		Listeners: []daemontest.Listener{{Name: "milter", Address: "unix:" + milterSock, Roles: []string{"outbound", "inbound"}, Postfix: true}},
 		Socketmap: "unix:" + mapSock,
 		// Every test client connects from 127.0.0.1: only AUTH and local

@@ -10,7 +10,7 @@ import (
 )
 
 // Config describes a batv.toml. The file it renders signs for
-// example.com and ends the grace period for untagged bounces at once
+// example.com (or Domains) and ends the grace period for untagged bounces at once
 // (grace_until in 2000): the harnesses' keyrings are new, and their
 // untagged bounces must be refused from the start.
 type Config struct {
@@ -25,6 +25,8 @@ type Config struct {
 	// The addresses of [socketmap] and [policy_service], each served to
 	// Postfix as a listener with Postfix set is; "" leaves the table out.
 	Socketmap, PolicyService string
+	// Domains are the [sign] domains; nil is example.com.
+	Domains []string
 	// Sign and Verify are lines added to [sign] and [verify] as they are.
 	// [verify] comes last, so lines appended to the file are in it.
 	Sign, Verify string
@@ -62,11 +64,7 @@ func (c Config) TOML() string {
 		fmt.Fprintf(&b, "\n[metrics]\nlisten = %q\n", c.Metrics)
 	}
 	for _, l := range c.Listeners {
-		roles := make([]string, len(l.Roles))
-		for i, r := range l.Roles {
-			roles[i] = fmt.Sprintf("%q", r)
-		}
-		fmt.Fprintf(&b, "\n[[listener]]\nname = %q\naddress = %q\nroles = [%s]\n", l.Name, l.Address, strings.Join(roles, ", "))
+		fmt.Fprintf(&b, "\n[[listener]]\nname = %q\naddress = %q\nroles = %s\n", l.Name, l.Address, list(l.Roles))
 		if l.Postfix {
 			b.WriteString(postfixOwned)
 		}
@@ -76,8 +74,12 @@ func (c Config) TOML() string {
 			fmt.Fprintf(&b, "\n[%s]\naddress = %q\n%s", t.table, t.address, postfixOwned)
 		}
 	}
+	domains := c.Domains
+	if domains == nil {
+		domains = []string{"example.com"}
+	}
 	for _, t := range []struct{ head, lines string }{
-		{"[sign]\ndomains = [\"example.com\"]", c.Sign},
+		{"[sign]\ndomains = " + list(domains), c.Sign},
 		{"[verify]\ngrace_until = 2000-01-01T00:00:00Z", c.Verify},
 	} {
 		fmt.Fprintf(&b, "\n%s\n", t.head)
@@ -86,6 +88,15 @@ func (c Config) TOML() string {
 		}
 	}
 	return b.String()
+}
+
+// list is a TOML array of strings.
+func list(items []string) string {
+	quoted := make([]string, len(items))
+	for i, s := range items {
+		quoted[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(quoted, ", ") + "]"
 }
 
 // postfixOwned gives a unix socket to Postfix's group.
