@@ -123,7 +123,8 @@ func (s addrSet) matchRecipient(addr, local string) bool {
 	}
 	addrLocal, domain := splitAddr(addr)
 	domain = domainKey(domain)
-	return s.addrs[strings.ToLower(addrLocal)+"@"+domain] || s.domains[domain] || s.locals[strings.ToLower(local)]
+	return s.domains[domain] || s.locals[strings.ToLower(local)] ||
+		len(s.addrs) > 0 && s.addrs[strings.ToLower(addrLocal)+"@"+domain]
 }
 
 // parsePrefixes parses networks in CIDR notation or single addresses.
