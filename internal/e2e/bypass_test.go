@@ -265,25 +265,31 @@ func TestRecipientAccessSeesTags(t *testing.T) {
 	}
 }
 
-// An SMTPUTF8 client may write a domain as its U-label. Postfix 3.7 matches
-// relay_domains as written (the last case below): a site
-// that lists bücher.example receives mail for alice@bücher.example and
-// refuses alice@xn--bcher-kva.example as a relay. batv is configured with
-// the A-label, and must judge alice@bücher.example as that domain's.
+// unicodeMailbox is the mailbox of siteDomains' internationalised domain.
+const unicodeMailbox = "alice@bücher.example"
+
+// unicodeSpellings are bounces to unicodeMailbox. An SMTPUTF8 client may
+// write a domain as its U-label, and Postfix 3.7 matches relay_domains as
+// written: a site that lists bücher.example receives mail for
+// alice@bücher.example and refuses alice@xn--bcher-kva.example as a relay
+// (the last case). batv, configured with the A-label, must judge
+// alice@bücher.example as that domain's.
+func unicodeSpellings(s *site, refused string) []spelling {
+	return []spelling{
+		{from: "<> SMTPUTF8", rcpt: "<" + unicodeMailbox + ">", rcptCode: 250, data: refused},
+		{from: "<> SMTPUTF8", rcpt: "<alice@BÜCHER.example>", rcptCode: 250, data: refused},
+		{from: "<> SMTPUTF8", rcpt: "<" + s.sign(unicodeMailbox, 1) + ">", rcptCode: 250, deliveredTo: unicodeMailbox},
+		{from: "<> SMTPUTF8", rcpt: "<alice@xn--bcher-kva.example>", rcptCode: 554},
+	}
+}
+
 func TestUnicodeDomainSpellings(t *testing.T) {
 	s := newSiteWith(t, siteConfig{action: "tempfail", unicodeDomain: true})
-	const mailbox = "alice@bücher.example"
-	for _, sp := range []spelling{
-		{from: "<> SMTPUTF8", rcpt: "<" + mailbox + ">", rcptCode: 250, data: refusedUntagged},
-		{from: "<> SMTPUTF8", rcpt: "<alice@BÜCHER.example>", rcptCode: 250, data: refusedUntagged},
-		{from: "<> SMTPUTF8", rcpt: "<" + s.sign(mailbox, 1) + ">", rcptCode: 250, deliveredTo: mailbox},
-		// The A-label is not a domain of this Postfix.
-		{from: "<> SMTPUTF8", rcpt: "<alice@xn--bcher-kva.example>", rcptCode: 554},
-	} {
+	for _, sp := range unicodeSpellings(s, refusedUntagged) {
 		t.Run(sp.rcpt, func(t *testing.T) { s.try(t, sp) })
 	}
 	t.Run("a callout passes", func(t *testing.T) {
 		converse(t, s.pf.MXAddr(), step{"EHLO verifier.remote.test", 250}, step{"MAIL FROM:<> SMTPUTF8", 250},
-			step{"RCPT TO:<" + mailbox + ">", 250}, step{"RSET", 250})
+			step{"RCPT TO:<" + unicodeMailbox + ">", 250}, step{"RSET", 250})
 	})
 }

@@ -92,9 +92,7 @@ type siteConfig struct {
 	main map[string]string
 	// sign and verify are lines added to batv's [sign] and [verify].
 	sign, verify string
-	// unicodeDomain adds bücher.example, spelled so in Postfix's
-	// relay_domains and with the mailbox alice@bücher.example, and in its
-	// ASCII form in batv's domains.
+	// unicodeDomain adds bücher.example (siteDomains).
 	unicodeDomain bool
 }
 
@@ -123,12 +121,7 @@ func newSiteWith(t *testing.T, cfg siteConfig) *site {
 	// The keyring dates from a month ago, so tests can sign as on past days.
 	s.batv("keys", "--at", time.Now().UTC().AddDate(0, -1, 0).Format(time.RFC3339), "init", "--keyring", s.keyring)
 
-	domains, batvDomains := []string{"example.com"}, []string{"example.com"}
-	mailboxes := []string{"alice@example.com", "bob@example.com", "postmaster@example.com"}
-	if cfg.unicodeDomain {
-		domains, batvDomains = append(domains, "bücher.example"), append(batvDomains, "xn--bcher-kva.example")
-		mailboxes = append(mailboxes, "alice@bücher.example")
-	}
+	domains, batvDomains, mailboxes := siteDomains(cfg.unicodeDomain)
 	recipients := filepath.Join(s.dir, "relay_recipients")
 	writeTable(t, recipients, strings.Join(mailboxes, " x\n")+" x\n")
 	// Postfix reaches the sockets by paths relative to its queue
@@ -186,6 +179,20 @@ func newSiteWith(t *testing.T, cfg siteConfig) *site {
 	}.TOML())
 	s.daemon = startDaemon(t, s.config, milterSock, mapSock)
 	return s
+}
+
+// siteDomains are a site's domains as Postfix lists them, as batv's
+// configuration has them, and its mailboxes: example.com's, and with
+// unicode bücher.example's, listed in Postfix as written and in batv in
+// its ASCII form.
+func siteDomains(unicode bool) (postfix, batv, mailboxes []string) {
+	postfix, batv = []string{"example.com"}, []string{"example.com"}
+	mailboxes = []string{"alice@example.com", "bob@example.com", "postmaster@example.com"}
+	if unicode {
+		postfix, batv = append(postfix, "bücher.example"), append(batv, "xn--bcher-kva.example")
+		mailboxes = append(mailboxes, unicodeMailbox)
+	}
+	return postfix, batv, mailboxes
 }
 
 // writeTable writes a Postfix lookup table readable by Postfix, dated 10 s

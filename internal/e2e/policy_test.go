@@ -543,7 +543,7 @@ func TestPolicyStatusHeaders(t *testing.T) {
 // TestPolicySpellings: the null sender and recipient spellings of issue
 // 14 through the policy service.
 func TestPolicySpellings(t *testing.T) {
-	s := newPolicySite(t, policySiteConfig{})
+	s := newPolicySite(t, policySiteConfig{unicodeDomain: true})
 	data := atData("550 5.7.1", policyUntagged)
 	for _, from := range []string{`<"">`, `<@evil.test:>`, `<@a,@b:>`, `< >`, `<"" >`, `<@a:"">`, `<mailer-daemon>`, `<MAILER-DAEMON@mx.postfix.test>`} {
 		t.Run(from, func(t *testing.T) {
@@ -559,6 +559,9 @@ func TestPolicySpellings(t *testing.T) {
 	}
 	for _, sp := range closed {
 		sp.rcptCode, sp.data = 554, ""
+		t.Run(sp.rcpt, func(t *testing.T) { s.try(t, sp) })
+	}
+	for _, sp := range unicodeSpellings(s, data) {
 		t.Run(sp.rcpt, func(t *testing.T) { s.try(t, sp) })
 	}
 }

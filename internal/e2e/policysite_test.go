@@ -48,6 +48,8 @@ type policySiteConfig struct {
 	main map[string]string
 	// sign and verify are lines added to batv's [sign] and [verify].
 	sign, verify string
+	// unicodeDomain adds bücher.example (siteDomains).
+	unicodeDomain bool
 }
 
 // newPolicySite starts batv and a Postfix configured by the section.
@@ -57,8 +59,9 @@ func newPolicySite(t *testing.T, cfg policySiteConfig) *site {
 	s := &site{t: t, dir: postfixtest.TempDir(t)}
 	s.keyring = filepath.Join(s.dir, "keyring.json")
 	s.batv("keys", "--at", time.Now().UTC().AddDate(0, -1, 0).Format(time.RFC3339), "init", "--keyring", s.keyring)
+	domains, batvDomains, mailboxes := siteDomains(cfg.unicodeDomain)
 	recipients := filepath.Join(s.dir, "relay_recipients")
-	writeTable(t, recipients, "alice@example.com x\nbob@example.com x\npostmaster@example.com x\n")
+	writeTable(t, recipients, strings.Join(mailboxes, " x\n")+" x\n")
 	checks := filepath.Join(s.dir, "batv_header_checks")
 	writeTable(t, checks, docs.Files[headerChecksPath])
 	// The page's files, where this site has them.
@@ -72,7 +75,8 @@ func newPolicySite(t *testing.T, cfg policySiteConfig) *site {
 		main[k] = v
 	}
 	opts := postfixtest.Options{
-		Recipients:        []string{"alice@example.com", "bob@example.com", "postmaster@example.com"},
+		Domains:           domains,
+		Recipients:        mailboxes,
 		Users:             map[string]string{"alice": password},
 		Main:              main,
 		MXOptions:         map[string]string{},
@@ -114,7 +118,7 @@ func newPolicySite(t *testing.T, cfg policySiteConfig) *site {
 	s.metrics = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	s.config = filepath.Join(s.dir, "batv.toml")
 	writeFile(t, s.config, daemontest.Config{
-		Keyring: s.keyring, LogLevel: "debug", Metrics: s.metrics,
+		Keyring: s.keyring, LogLevel: "debug", Metrics: s.metrics, Domains: batvDomains,
 		Listeners:     []daemontest.Listener{{Name: "milter", Address: "unix:" + sockDir + "/milter.sock", Roles: []string{"outbound"}, Postfix: true}},
 		Socketmap:     "unix:" + sockDir + "/socketmap.sock",
 		PolicyService: "unix:" + sockDir + "/policy.sock",
