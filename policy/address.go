@@ -28,14 +28,17 @@ func NullSender(sender string) bool {
 	return strings.EqualFold(unquote(local), "mailer-daemon")
 }
 
-// unbracket removes blanks and any number of enclosing angle brackets.
+// unbracket removes blanks and any number of enclosing angle brackets,
+// paired or not. Postfix and Sendmail refuse unbalanced ones before a
+// milter sees them; from anything else, batv errs towards reading "<" as
+// the null sender and "<alice@example.com" as alice's address.
 func unbracket(s string) string {
 	for {
-		s = strings.TrimSpace(s)
-		if len(s) < 2 || s[0] != '<' || s[len(s)-1] != '>' {
+		t := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(s), "<"), ">")
+		if t == s {
 			return s
 		}
-		s = s[1 : len(s)-1]
+		s = t
 	}
 }
 

@@ -7,7 +7,7 @@ import "testing"
 // ones it relays with a sender are not.
 func TestNullSender(t *testing.T) {
 	for _, s := range []string{
-		"", "<>", `""`, `<"">`, `"" `, " ", "< >", "< <> >", "<<>>", " <>",
+		"", "<>", `""`, `<"">`, `"" `, " ", "< >", "< <> >", "<<>>", " <>", "<", ">", "<<>", "< <",
 		"@evil.test:", "<@evil.test:>", "@a,@b:", "<@a,@b:>", "@:", `@a:""`, `<@example.com:"">`,
 		"mailer-daemon", "MAILER-DAEMON@example.com", `"Mailer-Daemon"`, "@x:mailer-daemon@mx.example.com",
 	} {
@@ -18,6 +18,7 @@ func TestNullSender(t *testing.T) {
 	for _, s := range []string{
 		`"\""`, `" "`, `"\\"`, `\"\"`, `""@example.com`, "@a:@b:", "alice@example.com",
 		"<alice@example.com>", "@x:alice@example.com", "mailer-daemon-x@example.com", "postmaster@example.com",
+		"<alice@example.com", "alice@example.com>",
 	} {
 		if NullSender(s) {
 			t.Errorf("NullSender(%q) = true, but the MTA relays it with a sender", s)
@@ -34,6 +35,8 @@ func TestMailbox(t *testing.T) {
 		{"Alice@EXAMPLE.COM", "Alice@EXAMPLE.COM"},
 		{"alice@example.com.", "alice@example.com"},
 		{"<alice@example.com>", "alice@example.com"},
+		{"<alice@example.com", "alice@example.com"},
+		{"< <alice@example.com> >", "alice@example.com"},
 		{"@x.test:alice@example.com", "alice@example.com"},
 		{"@[IPv6:::1]:alice@example.com", "alice@example.com"},
 		{`"alice"@example.com`, "alice@example.com"},
