@@ -96,7 +96,7 @@ way. docs/performance.md has measured figures and the commands behind them.
 			&cli.IntFlag{Name: benchFlagBodySize, Value: load.DefaultBodySize, Usage: "message body size in `BYTES`"},
 			&cli.StringFlag{Name: benchFlagForgedReply, Value: load.DefaultForgedReply, Usage: "the start of the reply expected for a forged bounce: `TEXT`"},
 			&cli.StringFlag{Name: benchFlagForgedStage, Value: load.StageRcpt, Usage: "the `STAGE` the forged bounce must be refused at: mail, rcpt, eom or any"},
-			&cli.IntFlag{Name: benchFlagPID, Usage: "the milter's process id `PID`, to report its CPU time and peak memory"},
+			&cli.IntFlag{Name: benchFlagPID, DefaultText: "none", Usage: "the milter's process id `PID`, to report its CPU time and peak memory"},
 			&cli.BoolFlag{Name: benchFlagResetPeak, Usage: "reset the milter's peak memory figure before the run (Linux: /proc/PID/clear_refs)"},
 			&cli.BoolFlag{Name: benchFlagJSON, Usage: "print the report as one JSON object"},
 		},

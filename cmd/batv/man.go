@@ -289,8 +289,12 @@ func writeFlag(b *strings.Builder, f cli.Flag) {
 	if placeholder != "" {
 		text = strings.ReplaceAll(text, roffEscape(placeholder), `\fI`+roffEscape(placeholder)+`\fR`)
 	}
-	if v := df.GetDefaultText(); v == "" && df.TakesValue() && !strings.Contains(usage, "default") {
-		if v = df.GetValue(); v != "" && v != `""` {
+	if df.TakesValue() && !strings.Contains(usage, "default") {
+		v := df.GetDefaultText()
+		if v == "" {
+			v = df.GetValue()
+		}
+		if v != "" && v != `""` {
 			text += " (default: " + roffEscape(v) + ")"
 		}
 	}
