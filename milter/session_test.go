@@ -18,6 +18,7 @@ import (
 	"github.com/batv/batv/internal/mta"
 	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/internal/testenv/conntest"
+	"github.com/batv/batv/internal/testenv/daemontest"
 	gomilter "github.com/d--j/go-milter"
 )
 
@@ -374,7 +375,7 @@ func TestShutdownFinishesMessageInFlight(t *testing.T) {
 // administrator needs to find the message and understand the decision,
 // and no key material.
 func TestDecisionLogLines(t *testing.T) {
-	var buf syncBuf
+	var buf daemontest.Buffer
 	_, path := testServer(t, Outbound|Inbound, nil, func(s *Server, o *serve.Options) {
 		s.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		o.Logger = s.Logger
@@ -432,22 +433,4 @@ func TestDecisionLogLines(t *testing.T) {
 			t.Errorf("line %d shows the key", i+1)
 		}
 	}
-}
-
-// syncBuf is a bytes.Buffer safe for the server's goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
