@@ -162,31 +162,23 @@ func validate(who string, keys Keyring, lifetime int, delim byte) error {
 
 // format builds the signed address in one allocation.
 func (t Tag) format(delim byte) string {
-	var buf [prefixLen + macInputMax]byte
-	if len(t.Original) > macInputMax {
-		if delim != 0 {
-			t.Form, t.Delimiter = FormSubAddress, delim
-		}
-		return t.String()
-	}
-	var n int
+	var b strings.Builder
+	b.Grow(prefixLen + len(t.Original))
+	var val [tagValLen]byte
+	t.putVal(val[:])
 	if delim == 0 {
-		n = copy(buf[:], tagType)
-		t.putVal(buf[n:])
-		n += tagValLen
-		buf[n] = '='
-		n++
-		n += copy(buf[n:], t.Original)
+		b.WriteString(tagType)
+		b.Write(val[:])
+		b.WriteByte('=')
+		b.WriteString(t.Original)
 	} else {
-		n = copy(buf[:], t.Local())
-		buf[n] = delim
-		n++
-		n += copy(buf[n:], tagType)
-		t.putVal(buf[n:])
-		n += tagValLen
-		n += copy(buf[n:], t.Original[t.At:])
+		b.WriteString(t.Local())
+		b.WriteByte(delim)
+		b.WriteString(tagType)
+		b.Write(val[:])
+		b.WriteString(t.Original[t.At:])
 	}
-	return string(buf[:n])
+	return b.String()
 }
 
 // skip returns why addr must not be signed, or NotSkipped.

@@ -126,6 +126,14 @@ func Parse(addr string, delim byte) (Tag, error) {
 // parse is Parse without allocation on success: the status is Valid, Missing
 // or Malformed, with a static reason for Malformed.
 func parse(addr string, delim byte) (Tag, Status, string) {
+	var t Tag
+	st, reason := parseTo(&t, addr, delim)
+	return t, st, reason
+}
+
+// parseTo is parse with the tag written to t, which is zero, and left zero
+// unless the status is Valid.
+func parseTo(t *Tag, addr string, delim byte) (Status, string) {
 	at := strings.LastIndexByte(addr, '@')
 	local := addr
 	if at >= 0 {
@@ -133,88 +141,87 @@ func parse(addr string, delim byte) (Tag, Status, string) {
 	}
 	if hasPrefixFold(local, tagType) {
 		if at < 0 {
-			return Tag{}, Malformed, "no @domain"
+			return Malformed, "no @domain"
 		}
 		if at == len(addr)-1 {
-			return Tag{}, Malformed, "empty domain"
+			return Malformed, "empty domain"
 		}
 		// Standard form: the value sits at a fixed position.
 		if len(local) >= prefixLen && local[prefixLen-1] == '=' {
 			if len(local) == prefixLen {
-				return Tag{}, Malformed, "empty local part after the tag"
+				return Malformed, "empty local part after the tag"
 			}
-			t, reason := parseVal(local[len(tagType) : prefixLen-1])
-			if reason != "" {
-				return Tag{}, Malformed, reason
+			if reason := parseVal(t, local[len(tagType):prefixLen-1]); reason != "" {
+				return Malformed, reason
 			}
 			t.Form = FormStandard
 			t.Original = addr[prefixLen:]
 			t.At = at - prefixLen
-			return t, Valid, ""
+			return Valid, ""
 		}
 		// Draft-00 form: prvs=loc-core/KDDDSSSSSS.
 		if n := len(local); n >= len(tagType)+1+1+tagValLen && local[n-tagValLen-1] == '/' {
-			t, reason := parseVal(local[n-tagValLen:])
-			if reason != "" {
-				return Tag{}, Malformed, reason
+			if reason := parseVal(t, local[n-tagValLen:]); reason != "" {
+				return Malformed, reason
 			}
 			t.Form = FormDraft00
 			core := local[len(tagType) : n-tagValLen-1]
 			t.Original = core + addr[at:]
 			t.At = len(core)
-			return t, Valid, ""
+			return Valid, ""
 		}
 		if len(local) < prefixLen {
-			return Tag{}, Malformed, "tag too short"
+			return Malformed, "tag too short"
 		}
-		return Tag{}, Malformed, "no \"=\" after the tag value"
+		return Malformed, "no \"=\" after the tag value"
 	}
 	// Sub-address form: loc-core<delim>prvs=KDDDSSSSSS.
 	n := len(local)
 	if delim != 0 && at > 0 && n >= prefixLen && local[n-prefixLen] == delim &&
 		hasPrefixFold(local[n-prefixLen+1:], tagType) {
 		if n == prefixLen {
-			return Tag{}, Malformed, "empty local part before the tag"
+			return Malformed, "empty local part before the tag"
 		}
 		if at == len(addr)-1 {
-			return Tag{}, Malformed, "empty domain"
+			return Malformed, "empty domain"
 		}
-		t, reason := parseVal(local[n-tagValLen:])
-		if reason != "" {
-			return Tag{}, Malformed, reason
+		if reason := parseVal(t, local[n-tagValLen:]); reason != "" {
+			return Malformed, reason
 		}
 		t.Form = FormSubAddress
 		t.Delimiter = delim
 		core := local[:n-prefixLen]
 		t.Original = core + addr[at:]
 		t.At = len(core)
-		return t, Valid, ""
+		return Valid, ""
 	}
-	return Tag{}, Missing, ""
+	return Missing, ""
 }
 
-// parseVal parses KDDDSSSSSS; it returns a non-empty reason if malformed.
-func parseVal(v string) (Tag, string) {
-	var t Tag
+// parseVal parses KDDDSSSSSS into t; it returns a non-empty reason, and
+// leaves t zero, if malformed.
+func parseVal(t *Tag, v string) string {
 	for i := range 4 {
 		if v[i] < '0' || v[i] > '9' {
 			if i == 0 {
-				return t, "key id is not a digit"
+				return "key id is not a digit"
 			}
-			return t, "expiry is not three digits"
+			return "expiry is not three digits"
 		}
 	}
-	t.KeyID = int(v[0] - '0')
-	t.Expiry = int(v[1]-'0')*100 + int(v[2]-'0')*10 + int(v[3]-'0')
-	for i := range t.MAC {
+	var mac [3]byte
+	for i := range mac {
 		hi, ok1 := unhex(v[4+2*i])
 		lo, ok2 := unhex(v[5+2*i])
 		if !ok1 || !ok2 {
-			return t, "signature is not six hex digits"
+			return "signature is not six hex digits"
 		}
-		t.MAC[i] = hi<<4 | lo
+		mac[i] = hi<<4 | lo
 	}
-	return t, ""
+	t.KeyID = int(v[0] - '0')
+	t.Expiry = int(v[1]-'0')*100 + int(v[2]-'0')*10 + int(v[3]-'0')
+	t.MAC = mac
+	return ""
 }
 
 func unhex(c byte) (byte, bool) {

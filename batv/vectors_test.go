@@ -141,6 +141,19 @@ func TestVerifyVectors(t *testing.T) {
 			if v.Original != "" && (r.Tag.KeyID != v.KeyID || r.Tag.Expiry != v.Expiry) {
 				t.Fatalf("key %d expiry %d, want %d %d", r.Tag.KeyID, r.Tag.Expiry, v.KeyID, v.Expiry)
 			}
+			// VerifyTo gives what VerifyAt and VerifyIgnoringExpiryAt return,
+			// whatever r held before.
+			now := vectorDate(t, v.Date)
+			for _, ignore := range []bool{false, true} {
+				want, _ := ver.VerifyAt(v.Address, now)
+				if ignore {
+					want, _ = ver.VerifyIgnoringExpiryAt(v.Address, now)
+				}
+				got := Result{Status: Malformed, Reason: "stale", Tag: Tag{Original: "stale@example.com", KeyID: 9}, DaysLeft: 7}
+				if err := ver.VerifyTo(&got, v.Address, now, ignore); err != nil || got != want {
+					t.Errorf("VerifyTo(ignoreExpiry %v) = %+v, %v; want %+v", ignore, got, err, want)
+				}
+			}
 		})
 	}
 }

@@ -120,14 +120,16 @@ type Verifier struct {
 // outcome is a Result; the error is for misuse only (invalid MaxLifetime or
 // Delimiter). Verify does not allocate for a standard-form address, and
 // reads the clock only for an address that carries a tag.
-func (v *Verifier) Verify(addr string) (Result, error) {
-	return v.verify(addr, time.Time{}, false, true)
+func (v *Verifier) Verify(addr string) (r Result, err error) {
+	err = v.verifyTo(&r, addr, time.Time{}, false, true)
+	return r, err
 }
 
 // VerifyAt is Verify at the instant now, for a caller that already holds
 // the time (one reading per message, say); the Now field is not used.
-func (v *Verifier) VerifyAt(addr string, now time.Time) (Result, error) {
-	return v.verify(addr, now, true, true)
+func (v *Verifier) VerifyAt(addr string, now time.Time) (r Result, err error) {
+	err = v.verifyTo(&r, addr, now, true, true)
+	return r, err
 }
 
 // VerifyIgnoringExpiry is Verify without the window check: Valid means the
@@ -135,13 +137,24 @@ func (v *Verifier) VerifyAt(addr string, now time.Time) (Result, error) {
 // expiry day; DaysLeft is negative if it has expired. It suits mail that is
 // not a bounce (a reply to the Return-Path, an auto-reply), whose tag only
 // needs to be removed before delivery.
-func (v *Verifier) VerifyIgnoringExpiry(addr string) (Result, error) {
-	return v.verify(addr, time.Time{}, false, false)
+func (v *Verifier) VerifyIgnoringExpiry(addr string) (r Result, err error) {
+	err = v.verifyTo(&r, addr, time.Time{}, false, false)
+	return r, err
 }
 
 // VerifyIgnoringExpiryAt is VerifyIgnoringExpiry at the instant now.
-func (v *Verifier) VerifyIgnoringExpiryAt(addr string, now time.Time) (Result, error) {
-	return v.verify(addr, now, true, false)
+func (v *Verifier) VerifyIgnoringExpiryAt(addr string, now time.Time) (r Result, err error) {
+	err = v.verifyTo(&r, addr, now, true, false)
+	return r, err
+}
+
+// VerifyTo is VerifyAt, or VerifyIgnoringExpiryAt if ignoreExpiry, with
+// the result written to r rather than returned: a Result is about 100
+// bytes, and a caller that keeps its results in place (a milter session,
+// whose goroutine should keep a small stack) saves a copy in each frame.
+func (v *Verifier) VerifyTo(r *Result, addr string, now time.Time, ignoreExpiry bool) error {
+	*r = Result{}
+	return v.verifyTo(r, addr, now, true, !ignoreExpiry)
 }
 
 // Validate reports what would make every Verify fail, so that a program
@@ -153,50 +166,48 @@ func (v *Verifier) Validate() error {
 	return validate("verifier", v.Keys, v.MaxLifetime, v.Delimiter)
 }
 
-// verify is Verify at now if haveNow, else at the Now field's time, read
-// only once the address is known to carry a tag.
-func (v *Verifier) verify(addr string, now time.Time, haveNow, checkWindow bool) (Result, error) {
+// verifyTo verifies addr into r, which is zero, at now if haveNow, else
+// at the Now field's time, read only once the address is known to carry a
+// tag. It writes to the caller's Result rather than return one, so that
+// the frames under a verification stay small (see tagMAC).
+func (v *Verifier) verifyTo(r *Result, addr string, now time.Time, haveNow, checkWindow bool) error {
 	maxLife, err := checkLifetime(v.MaxLifetime)
 	if err != nil {
-		return Result{}, err
+		return err
 	}
 	delim := v.Delimiter
 	if delim == 0 {
 		delim = '+'
 	} else if !ValidDelimiter(delim) {
-		return Result{}, fmt.Errorf("%w: %q", ErrInvalidDelimiter, delim)
+		return fmt.Errorf("%w: %q", ErrInvalidDelimiter, delim)
 	}
-	t, st, reason := parse(addr, delim)
-	if st != Valid {
-		return Result{Status: st, Reason: reason}, nil
+	if r.Status, r.Reason = parseTo(&r.Tag, addr, delim); r.Status != Valid {
+		return nil
 	}
 	if !haveNow {
 		now = timeNow(v.Now)
 	}
-	r := Result{Tag: t, DaysLeft: daysLeft(t.Expiry, now, maxLife)}
-
-	key, ok := v.Keys.VerificationKey(now, t.KeyID, t.Domain())
-	if !ok || key.validate() != nil {
+	r.DaysLeft = daysLeft(r.Tag.Expiry, now, maxLife)
+	key, ok := v.Keys.VerificationKey(now, r.Tag.KeyID, r.Tag.Domain())
+	switch {
+	case !ok || key.validate() != nil:
 		r.Status, r.Reason = UnknownKey, "no key with this id"
-		return r, nil
-	}
-	if checkWindow && !v.inWindow(t.Expiry, now, maxLife) {
+	case checkWindow && !v.inWindow(r.Tag.Expiry, now, maxLife):
 		r.Status, r.Reason = Expired, "expiry day outside the window"
-		return r, nil
+	default:
+		var kddd [4]byte
+		putKDDD(kddd[:], r.Tag.KeyID, r.Tag.Expiry)
+		switch {
+		case macEqual(tagMAC(key.Secret, kddd, r.Tag.Original, false), r.Tag.MAC):
+			r.Match = MatchExact
+		case !v.Strict && hasUpperASCII(r.Tag.Original) &&
+			macEqual(tagMAC(key.Secret, kddd, r.Tag.Original, true), r.Tag.MAC):
+			r.Match = MatchFolded
+		default:
+			r.Status, r.Reason = BadSignature, "signature does not match"
+		}
 	}
-	var kddd [4]byte
-	putKDDD(kddd[:], t.KeyID, t.Expiry)
-	if macEqual(tagMAC(key.Secret, kddd, t.Original, false), t.MAC) {
-		r.Status, r.Match = Valid, MatchExact
-		return r, nil
-	}
-	if !v.Strict && hasUpperASCII(t.Original) &&
-		macEqual(tagMAC(key.Secret, kddd, t.Original, true), t.MAC) {
-		r.Status, r.Match = Valid, MatchFolded
-		return r, nil
-	}
-	r.Status, r.Reason = BadSignature, "signature does not match"
-	return r, nil
+	return nil
 }
 
 func (v *Verifier) inWindow(expiry int, now time.Time, maxLife int) bool {
