@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batv/batv/internal/logq"
 	"github.com/batv/batv/internal/metrics"
 	"github.com/batv/batv/internal/mta"
 	"github.com/batv/batv/internal/serve"
@@ -30,6 +31,8 @@ func benchServer(b *testing.B, roles Roles, mod func(*policy.Config)) string {
 	_, path := testServer(b, roles, mod, func(s *Server, o *serve.Options) {
 		s.Name, o.Name = "bench", "bench"
 		s.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		s.Lines = logq.New(1024)
+		b.Cleanup(s.Lines.Close)
 		o.Logger = s.Logger
 		s.Metrics = metrics.New(prometheus.NewRegistry())
 	})
@@ -57,15 +60,23 @@ func benchHeaders(to string) []mta.Header {
 
 var benchBody = []byte(strings.Repeat("The quick brown fox jumps over the lazy dog, again and again.\r\n", 32))
 
-func BenchmarkMessage(b *testing.B) {
-	valid := tag(b, "user@example.com", 1)
-	noHeaders := func(c *policy.Config) { c.Verify.RemoveForgedHeaders = false }
-	outbound := &mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
+// benchMessages are the messages of the benchmarks: one that an
+// authenticated user sends (signed), a bounce to a valid tag (rewritten)
+// and one to a forged tag (refused).
+func benchMessages(t testing.TB) (outbound, bounce, forged *mta.Message) {
+	valid := tag(t, "user@example.com", 1)
+	outbound = &mta.Message{Sender: "alice@example.com", Recipients: []string{"bob@example.org"},
 		AuthUser: "alice", QueueID: "4ABC", Headers: benchHeaders("bob@example.org"), Body: benchBody}
-	bounce := &mta.Message{Sender: "", Recipients: []string{valid}, QueueID: "4ABD",
+	bounce = &mta.Message{Sender: "", Recipients: []string{valid}, QueueID: "4ABD",
 		Headers: benchHeaders(valid), Body: benchBody}
-	forged := &mta.Message{Sender: "", Recipients: []string{forge(valid)}, QueueID: "4ABE",
+	forged = &mta.Message{Sender: "", Recipients: []string{forge(valid)}, QueueID: "4ABE",
 		Headers: benchHeaders(valid), Body: benchBody}
+	return outbound, bounce, forged
+}
+
+func BenchmarkMessage(b *testing.B) {
+	noHeaders := func(c *policy.Config) { c.Verify.RemoveForgedHeaders = false }
+	outbound, bounce, forged := benchMessages(b)
 	for _, bm := range []struct {
 		name  string
 		roles Roles
@@ -148,9 +159,7 @@ func BenchmarkConnectionMemory(b *testing.B) {
 	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
 	runtime.MemProfileRate = 1
 	path := benchServer(b, Outbound|Inbound, nil)
-	valid := tag(b, "user@example.com", 1)
-	bounce := &mta.Message{Sender: "", Recipients: []string{valid}, QueueID: "4ABD",
-		Headers: benchHeaders(valid), Body: benchBody}
+	_, bounce, _ := benchMessages(b)
 	const n = 256
 	var heap, stack float64
 	for b.Loop() {

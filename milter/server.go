@@ -21,6 +21,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/batv/batv/internal/logq"
 	"github.com/batv/batv/internal/metrics"
 	"github.com/batv/batv/internal/serve"
 	"github.com/batv/batv/policy"
@@ -61,6 +62,10 @@ type Server struct {
 	Policy func() *policy.Policy
 	// Logger receives one line per decision and per session problem.
 	Logger *slog.Logger
+	// Lines, if not nil, writes the sessions' lines on a goroutine of its
+	// own, so that each session's goroutine keeps a 4 KiB stack; nil
+	// writes them on the session's goroutine.
+	Lines *logq.Queue
 	// Metrics records decisions; nil records nothing.
 	Metrics *metrics.Metrics
 	// Now returns the time; nil means time.Now.
@@ -87,10 +92,10 @@ var libraryLog sync.Once
 
 // ServeConn runs one milter session on c and closes it at the end.
 func (s *Server) ServeConn(c *serve.Conn) {
-	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize)}
+	mc := &conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), lines: s.Lines}
 	ms := gomilter.NewServer(append(s.options(),
 		gomilter.WithDynamicMilter(func(version uint32, _ gomilter.OptAction, protocol gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
-			c.Log().Debug("negotiated", "version", version, "no_reply", noReplyEvents(protocol))
+			s.Lines.Log(c.Log(), slog.LevelDebug, "negotiated", "version", version, "no_reply", noReplyEvents(protocol))
 			return &session{srv: s, conn: mc}
 		}))...)
 	// The library runs the session in a goroutine of its own; Serve
@@ -249,13 +254,14 @@ var errPacket = errors.New("milter: packet refused")
 // a read buffer, and with the packet checks made as go-milter reads.
 type conn struct {
 	*serve.Conn
-	r    *bufio.Reader
-	w    *bufio.Writer // go-milter's writes, sent when it reads next: one write per round trip; nil between
-	left int           // bytes of the current packet go-milter has still to read
-	size int           // length of the current packet, header included
-	last byte          // command of the current (or last) packet
-	nul  int           // offset in the current packet's data of its first NUL, or -1
-	nuls int           // NULs in the current packet's data so far
+	r     *bufio.Reader
+	w     *bufio.Writer // go-milter's writes, sent when it reads next: one write per round trip; nil between
+	lines *logq.Queue
+	left  int  // bytes of the current packet go-milter has still to read
+	size  int  // length of the current packet, header included
+	last  byte // command of the current (or last) packet
+	nul   int  // offset in the current packet's data of its first NUL, or -1
+	nuls  int  // NULs in the current packet's data so far
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -330,7 +336,7 @@ func (c *conn) Read(p []byte) (int, error) {
 // refuse ends the session at a packet go-milter must not read.
 func (c *conn) refuse(cmd byte, why string) error {
 	c.SetEnd("error")
-	c.Log().Warn("session ended: the MTA sent a packet the milter does not read",
+	c.lines.Log(c.Log(), slog.LevelWarn, "session ended: the MTA sent a packet the milter does not read",
 		"command", fmt.Sprintf("%q", cmd), "why", why)
 	return errPacket
 }
@@ -342,7 +348,7 @@ func (c *conn) refuse(cmd byte, why string) error {
 func (c *conn) Close() error {
 	_ = c.flush() // a reply to a last command, then QUIT
 	if c.SetEnd("error") {
-		c.Log().Warn("session ended: go-milter gave up on it (a malformed or unexpected packet, or a failed callback)",
+		c.lines.Log(c.Log(), slog.LevelWarn, "session ended: go-milter gave up on it (a malformed or unexpected packet, or a failed callback)",
 			"last_command", fmt.Sprintf("%q", c.last))
 	}
 	return c.Conn.Close()

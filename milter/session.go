@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,7 @@ type session struct {
 	bounces   int      // recipients in protected domains of a null-sender message
 	forged    int      // incoming status headers to remove
 	signRcpts []string // scratch for applyOutbound
+	signed    policy.SignDecision
 }
 
 // rcptState is one recipient as received and what was decided for it.
@@ -76,7 +78,7 @@ func (s *session) Connect(host, family string, port uint16, addr string, m gomil
 	// non_smtpd_milters see an emulated connection from localhost,
 	// 127.0.0.1, port 0; Sendmail reports family "unix" or "unknown".
 	s.client.Local = family == "unix" || family == "unknown" || family == "" || port == 0
-	s.log().Debug("connect", "client", host, "family", family, "addr", s.client.Addr, "port", port,
+	s.logAt(slog.LevelDebug, "connect", "client", host, "family", family, "addr", s.client.Addr, "port", port,
 		"daemon_name", s.client.DaemonName, "local", s.client.Local, "no_reply", noReplyEvents(m.Protocol()))
 	return gomilter.RespContinue, nil
 }
@@ -97,7 +99,7 @@ func (s *session) MailFrom(from, _ string, m gomilter.Modifier) (_ *gomilter.Res
 	if s.srv.Roles&Outbound != 0 {
 		s.origin = s.policy.Origin(s.client)
 		if s.origin == policy.NotOurs {
-			s.log().Debug("not ours to sign", "direction", "outbound", "sender", senderWord(from),
+			s.logAt(slog.LevelDebug, "not ours to sign", "direction", "outbound", "sender", senderWord(from),
 				"client", s.client.Addr, "daemon_name", s.client.DaemonName)
 		}
 	}
@@ -113,34 +115,48 @@ func (s *session) RcptTo(rcpt, _ string, m gomilter.Modifier) (_ *gomilter.Respo
 		s.queueID = m.Get(gomilter.MacroQueueId)
 	}
 	if s.rcptBytes+rcptCost(rcpt) > maxRcptBytes {
-		if !s.rcptsFull {
-			s.rcptsFull = true
-			s.log().Info("recipients refused: too many in one transaction", "queue_id", s.queueID,
-				"recipients", len(s.rcpts), "limit_bytes", maxRcptBytes)
-		}
-		return gomilter.RejectWithCodeAndReason(452, "4.5.3 Too many recipients")
+		return s.tooManyRcpts()
 	}
 	s.rcptBytes += rcptCost(rcpt)
-	st := rcptState{addr: rcpt, d: policy.Decision{Action: policy.ActPass, KeyID: -1}}
+	s.rcpts = slices.Grow(s.rcpts, 1)[:len(s.rcpts)+1]
+	st := &s.rcpts[len(s.rcpts)-1]
+	*st = rcptState{}
+	st.addr, st.d.Action, st.d.KeyID = rcpt, policy.ActPass, -1
 	if s.srv.Roles&Inbound != 0 {
-		start := time.Now()
-		st.d = s.trx.Recipient(rcpt, s.srv.now())
-		s.srv.Metrics.Decision("inbound", time.Since(start).Seconds())
-		if st.d.Protected {
-			s.srv.Metrics.Recipient(st.d)
-			if s.trx.Bounce() {
-				s.bounces++
-			}
-			s.logRecipient(rcpt, st.d)
-		}
+		s.decide(st)
 	}
-	s.rcpts = append(s.rcpts, st)
 	if r := st.d.RcptReply(); r.Refuses() {
 		// A reply code refuses this recipient only; the transaction and
 		// its other recipients go on.
 		return refusal(r)
 	}
 	return gomilter.RespContinue, nil
+}
+
+// tooManyRcpts refuses a recipient beyond maxRcptBytes.
+func (s *session) tooManyRcpts() (*gomilter.Response, error) {
+	if !s.rcptsFull {
+		s.rcptsFull = true
+		s.logAt(slog.LevelInfo, "recipients refused: too many in one transaction", "queue_id", s.queueID,
+			"recipients", len(s.rcpts), "limit_bytes", maxRcptBytes)
+	}
+	return gomilter.RejectWithCodeAndReason(452, "4.5.3 Too many recipients")
+}
+
+// decide asks the policy about the recipient st, and counts and logs its
+// decision. It is a function of its own, with pointers in and out, so
+// that the frames under RcptTo stay small (see package logq).
+func (s *session) decide(st *rcptState) {
+	start := time.Now()
+	s.trx.RecipientTo(&st.d, st.addr, s.srv.now())
+	s.srv.Metrics.Decision("inbound", time.Since(start).Seconds())
+	if st.d.Protected {
+		s.srv.Metrics.Recipient(&st.d)
+		if s.trx.Bounce() {
+			s.bounces++
+		}
+		s.logRecipient(st.addr, &st.d)
+	}
 }
 
 // Data refuses a bounce whose untagged recipients were accepted at RCPT,
@@ -159,7 +175,7 @@ func (s *session) Data(m gomilter.Modifier) (_ *gomilter.Response, err error) {
 		s.queueID = id
 	}
 	s.srv.Metrics.DataRefusal()
-	s.log().Info("bounce refused at DATA", "queue_id", s.queueID, "direction", "inbound", "reply", r.String(),
+	s.logAt(slog.LevelInfo, "bounce refused at DATA", "queue_id", s.queueID, "direction", "inbound", "reply", r.String(),
 		"recipients", len(s.rcpts), "client", s.client.Addr)
 	return refusal(r)
 }
@@ -181,9 +197,7 @@ func (s *session) BodyChunk([]byte, gomilter.Modifier) (*gomilter.Response, erro
 
 // EndOfMessage applies what was decided.
 func (s *session) EndOfMessage(m gomilter.Modifier) (_ *gomilter.Response, err error) {
-	defer s.recover(&err)
-	defer s.conn.Busy(false)
-	defer s.reset()
+	defer s.endMessage(&err)
 	if s.policy == nil {
 		return gomilter.RespContinue, nil
 	}
@@ -196,93 +210,159 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (_ *gomilter.Response, err e
 	return s.applyOutbound(m)
 }
 
+// endMessage ends the transaction at the end of the message, as recover
+// ends a callback.
+func (s *session) endMessage(err *error) {
+	if v := recover(); v != nil {
+		s.recovered(v, err)
+	}
+	s.conn.Busy(false)
+	s.reset()
+}
+
+// applyInbound makes the changes decided for the recipients. The changes
+// are go-milter's, which format each through fmt: the frames of these
+// functions stay small, so that the session's stack stays at 4 KiB (see
+// package logq).
 func (s *session) applyInbound(m gomilter.Modifier) error {
 	if s.srv.Roles&Inbound == 0 {
 		return nil
 	}
 	if s.bounces > 1 {
-		s.srv.Metrics.MultipleRecipients()
-		s.log().Info("bounce with several protected recipients", "queue_id", s.queueID, "recipients", s.bounces)
+		s.logSeveral()
 	}
-	name := s.policy.StatusHeader()
-	// Delete from the last occurrence, so the indexes of the others hold.
-	for i := s.forged; i >= 1; i-- {
-		if err := m.ChangeHeader(i, name, ""); err != nil {
+	if err := s.removeForged(m); err != nil {
+		return err
+	}
+	for i := range s.rcpts {
+		if err := s.applyRecipient(m, i); err != nil {
 			return err
-		}
-	}
-	added := map[string]bool{}
-	for _, r := range s.rcpts {
-		d := r.d
-		if d.Rewrite != "" && !d.Reply.Refuses() {
-			// Postfix matches DELRCPT exactly: delete the address as
-			// received.
-			if err := m.DeleteRecipient(r.addr); err != nil {
-				return err
-			}
-			if !added[d.Rewrite] {
-				added[d.Rewrite] = true
-				if err := m.AddRecipient(d.Rewrite, ""); err != nil {
-					return err
-				}
-			}
-		}
-		if d.Mark != "" {
-			if err := m.AddHeader(name, d.Mark); err != nil {
-				return err
-			}
-		}
-		if d.Action == policy.ActQuarantine {
-			if err := m.Quarantine("BATV: untagged bounce to <" + r.addr + ">"); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
 }
 
+// logSeveral counts and logs a bounce with several protected recipients.
+func (s *session) logSeveral() {
+	s.srv.Metrics.MultipleRecipients()
+	s.logAt(slog.LevelInfo, "bounce with several protected recipients", "queue_id", s.queueID, "recipients", s.bounces)
+}
+
+// removeForged removes the incoming status headers.
+func (s *session) removeForged(m gomilter.Modifier) error {
+	// Delete from the last occurrence, so the indexes of the others hold.
+	for i := s.forged; i >= 1; i-- {
+		if err := m.ChangeHeader(i, s.policy.StatusHeader(), ""); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyRecipient makes the changes decided for recipient i.
+func (s *session) applyRecipient(m gomilter.Modifier, i int) error {
+	r := &s.rcpts[i]
+	if r.d.Rewrite != "" && !r.d.Reply.Refuses() {
+		// Postfix matches DELRCPT exactly: delete the address as
+		// received.
+		if err := m.DeleteRecipient(r.addr); err != nil {
+			return err
+		}
+		if !s.rewrittenBefore(i) {
+			if err := m.AddRecipient(r.d.Rewrite, ""); err != nil {
+				return err
+			}
+		}
+	}
+	if r.d.Mark != "" {
+		if err := m.AddHeader(s.policy.StatusHeader(), r.d.Mark); err != nil {
+			return err
+		}
+	}
+	if r.d.Action == policy.ActQuarantine {
+		return quarantine(m, r.addr)
+	}
+	return nil
+}
+
+// quarantine puts the message in the MTA's hold queue for rcpt.
+func quarantine(m gomilter.Modifier, rcpt string) error {
+	return m.Quarantine("BATV: untagged bounce to <" + rcpt + ">")
+}
+
+// rewrittenBefore reports whether a recipient before i is rewritten to
+// the address recipient i is: the untagged address is added once.
+func (s *session) rewrittenBefore(i int) bool {
+	for j := range i {
+		if d := &s.rcpts[j].d; d.Rewrite == s.rcpts[i].d.Rewrite && !d.Reply.Refuses() {
+			return true
+		}
+	}
+	return false
+}
+
+// applyOutbound signs the envelope sender of a message of ours. Like
+// applyInbound, it keeps its frames small.
 func (s *session) applyOutbound(m gomilter.Modifier) (*gomilter.Response, error) {
 	if s.origin == policy.NotOurs {
 		return gomilter.RespContinue, nil
 	}
+	s.sign()
+	if s.signed.Address == "" {
+		return s.unsigned()
+	}
+	if err := m.ChangeFrom(s.signed.Address, ""); err != nil {
+		return nil, err
+	}
+	s.logSigned()
+	return gomilter.RespContinue, nil
+}
+
+// sign decides on signing the message and signs it, into s.signed.
+func (s *session) sign() {
 	rcpts := s.signRcpts[:0]
-	for _, r := range s.rcpts {
-		if !r.d.RcptReply().Refuses() {
+	for i := range s.rcpts {
+		if r := &s.rcpts[i]; !r.d.RcptReply().Refuses() {
 			rcpts = append(rcpts, r.addr)
 		}
 	}
 	s.signRcpts = rcpts
 	start := time.Now()
-	res := s.policy.Sign(s.sender, rcpts, s.srv.now())
-	took := time.Since(start).Seconds()
-	if res.Skip == policy.SkipNullSender {
+	s.policy.SignTo(&s.signed, s.sender, rcpts, s.srv.now())
+	if s.signed.Skip != policy.SkipNullSender {
+		s.srv.Metrics.Decision("outbound", time.Since(start).Seconds())
+	}
+}
+
+// unsigned is the reply for a message of ours that s.sign did not sign,
+// and logs why.
+func (s *session) unsigned() (*gomilter.Response, error) {
+	res := &s.signed
+	switch res.Skip {
+	case policy.SkipNullSender:
 		// A bounce, even from one of our clients, is no outbound message:
 		// it is never signed, and not counted as outbound.
-		s.log().Debug("bounce: never signed", "queue_id", s.queueID, "sender", senderWord(s.sender))
-		return gomilter.RespContinue, nil
-	}
-	s.srv.Metrics.Decision("outbound", took)
-	if res.Address == "" {
+		s.logAt(slog.LevelDebug, "bounce: never signed", "queue_id", s.queueID, "sender", senderWord(s.sender))
+	case policy.SkipError:
 		s.srv.Metrics.Signed(res.Skip)
-		if res.Skip == policy.SkipError {
-			s.log().Error("signing failed", "queue_id", s.queueID, "direction", "outbound",
-				"sender", senderWord(s.sender), "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
-			if s.policy.TempfailOnSignError() {
-				return refusal(replySignFailed)
-			}
-			return gomilter.RespContinue, nil
+		s.logAt(slog.LevelError, "signing failed", "queue_id", s.queueID, "direction", "outbound",
+			"sender", senderWord(s.sender), "err", res.Err, "tempfail", s.policy.TempfailOnSignError())
+		if s.policy.TempfailOnSignError() {
+			return refusal(replySignFailed)
 		}
-		s.log().Info("not signed", "queue_id", s.queueID, "direction", "outbound",
+	default:
+		s.srv.Metrics.Signed(res.Skip)
+		s.logAt(slog.LevelInfo, "not signed", "queue_id", s.queueID, "direction", "outbound",
 			"outcome", "skipped", "reason", res.Skip.String(), "sender", senderWord(s.sender), "why_ours", s.origin.String())
-		return gomilter.RespContinue, nil
 	}
-	if err := m.ChangeFrom(res.Address, ""); err != nil {
-		return nil, err
-	}
-	s.srv.Metrics.Signed(policy.NotSkipped)
-	s.log().Info("signed", "queue_id", s.queueID, "direction", "outbound", "outcome", "signed",
-		"reason", s.origin.String(), "key_id", res.KeyID, "sender", senderWord(s.sender), "tagged", res.Address)
 	return gomilter.RespContinue, nil
+}
+
+// logSigned counts and logs the signing of a message.
+func (s *session) logSigned() {
+	s.srv.Metrics.Signed(policy.NotSkipped)
+	s.logAt(slog.LevelInfo, "signed", "queue_id", s.queueID, "direction", "outbound", "outcome", "signed",
+		"reason", s.origin.String(), "key_id", s.signed.KeyID, "sender", senderWord(s.sender), "tagged", s.signed.Address)
 }
 
 func (s *session) Abort(gomilter.Modifier) error {
@@ -300,13 +380,13 @@ func (s *session) Unknown(string, gomilter.Modifier) (*gomilter.Response, error)
 // MTA's milter default action.
 func (s *session) Cleanup(gomilter.Modifier) {
 	if s.policy != nil {
-		s.log().Info("session ended in the middle of a message", "queue_id", s.queueID, "sender", senderWord(s.sender), "recipients", len(s.rcpts))
+		s.logAt(slog.LevelInfo, "session ended in the middle of a message", "queue_id", s.queueID, "sender", senderWord(s.sender), "recipients", len(s.rcpts))
 	}
 }
 
 func (s *session) reset() {
 	s.policy, s.sender, s.origin, s.queueID = nil, "", policy.NotOurs, ""
-	s.trx = policy.Transaction{}
+	s.trx, s.signed = policy.Transaction{}, policy.SignDecision{}
 	// The slices are kept for the next transaction, without the addresses
 	// of this one, unless a large one made them large.
 	clear(s.rcpts)
@@ -322,17 +402,25 @@ func (s *session) reset() {
 // session only; go-milter would let it end the process.
 func (s *session) recover(err *error) {
 	if v := recover(); v != nil {
-		s.conn.SetEnd("error")
-		s.log().Error("session ended: a callback panicked", "panic", v, "stack", string(debug.Stack()))
-		*err = fmt.Errorf("milter: callback panicked: %v", v)
+		s.recovered(v, err)
 	}
 }
 
-func (s *session) logRecipient(rcpt string, d policy.Decision) {
-	s.log().Info("recipient", d.LogAttrs(s.queueID, rcpt, s.sender, s.trx.Bounce(), s.client.Addr)...)
+// recovered ends the session on v, a callback's panic, with err.
+func (s *session) recovered(v any, err *error) {
+	s.conn.SetEnd("error")
+	s.logAt(slog.LevelError, "session ended: a callback panicked", "panic", v, "stack", string(debug.Stack()))
+	*err = fmt.Errorf("milter: callback panicked: %v", v)
 }
 
-func (s *session) log() *slog.Logger { return s.conn.Log() }
+func (s *session) logRecipient(rcpt string, d *policy.Decision) {
+	s.logAt(slog.LevelInfo, "recipient", d.LogAttrs(s.queueID, rcpt, s.sender, s.trx.Bounce(), s.client.Addr)...)
+}
+
+// logAt logs a line of this session, through the server's log queue.
+func (s *session) logAt(level slog.Level, msg string, args ...any) {
+	s.srv.Lines.Log(s.conn.Log(), level, msg, args...)
+}
 
 // senderWord is the envelope sender for the log: "<>" for the null
 // sender, the address as received otherwise.

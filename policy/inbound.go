@@ -106,7 +106,7 @@ type Decision struct {
 
 // RcptReply is the reply to the RCPT command: Reply, unless the refusal
 // waits for DATA.
-func (d Decision) RcptReply() Reply {
+func (d *Decision) RcptReply() Reply {
 	if d.AtData {
 		return Reply{}
 	}
@@ -171,9 +171,10 @@ type Transaction struct {
 	p       *Policy
 	client  Client
 	bounce  bool
-	deliver int   // recipients that will be delivered
-	refused int   // untagged recipients whose refusal waits for DATA
-	atData  Reply // the reply at DATA
+	deliver int         // recipients that will be delivered
+	refused int         // untagged recipients whose refusal waits for DATA
+	atData  Reply       // the reply at DATA
+	res     batv.Result // the last recipient's verification, see RecipientTo
 }
 
 // Begin starts a transaction from client with the envelope sender as the
@@ -189,7 +190,23 @@ func (t *Transaction) Bounce() bool { return t.bounce }
 // Recipient decides what to do with rcpt, a recipient as the client wrote
 // it, at now.
 func (t *Transaction) Recipient(rcpt string, now time.Time) Decision {
-	d := t.decide(rcpt, now)
+	var d Decision
+	t.RecipientTo(&d, rcpt, now)
+	return d
+}
+
+// RecipientTo is Recipient with the decision written to d: a milter
+// session's goroutine keeps a 4 KiB stack only if the frames under its
+// callbacks stay small, and a Decision returned is one more copy in each.
+func (t *Transaction) RecipientTo(d *Decision, rcpt string, now time.Time) {
+	if addr, protected := t.p.Mailbox(rcpt); protected {
+		// The tag is verified first, from this small frame, and decided
+		// on after: the MAC's frames are the deepest of a recipient.
+		t.verify(addr, now)
+		t.decide(d, rcpt, addr, now)
+	} else {
+		*d = notProtected
+	}
 	switch {
 	case d.Reply.Refuses() && !d.AtData:
 	case d.AtData && t.deliver > 0:
@@ -204,7 +221,6 @@ func (t *Transaction) Recipient(rcpt string, now time.Time) Decision {
 	default:
 		t.deliver++
 	}
-	return d
 }
 
 // Data is the reply to the DATA command: a refusal when the transaction
@@ -213,21 +229,25 @@ func (t *Transaction) Data() (Reply, bool) {
 	return t.atData, t.refused > 0
 }
 
-// decide is the decision for one recipient on its own.
-func (t *Transaction) decide(rcpt string, now time.Time) Decision {
-	p := t.p
-	addr, protected := p.Mailbox(rcpt)
-	if !protected {
-		return Decision{Action: ActPass, KeyID: -1, Reason: "domain not protected"}
+// notProtected is the decision for a recipient outside the protected
+// domains.
+var notProtected = Decision{Action: ActPass, KeyID: -1, Reason: "domain not protected"}
+
+// verify verifies the tag of addr, a protected mailbox, into t.res: a
+// bounce's must be valid now, other mail's need only be genuine.
+func (t *Transaction) verify(addr string, now time.Time) {
+	v := &t.p.verifier
+	if !t.bounce {
+		v = &t.p.noExpiry
 	}
-	bounce := t.bounce
-	var res batv.Result
-	if bounce {
-		res, _ = p.verifier.VerifyAt(addr, now)
-	} else {
-		res, _ = p.noExpiry.VerifyIgnoringExpiryAt(addr, now)
-	}
-	d := Decision{Protected: true, Status: res.Status, KeyID: -1, Reason: res.Reason}
+	_ = v.VerifyTo(&t.res, addr, now, !t.bounce)
+}
+
+// decide writes to d the decision for rcpt on its own, protected mailbox
+// addr, once t.res has addr's verification.
+func (t *Transaction) decide(d *Decision, rcpt, addr string, now time.Time) {
+	p, res, bounce := t.p, &t.res, t.bounce
+	*d = Decision{Protected: true, Status: res.Status, KeyID: -1, Reason: res.Reason}
 	if addr != rcpt {
 		d.Mailbox = addr
 	}
@@ -286,7 +306,6 @@ func (t *Transaction) decide(rcpt string, now time.Time) Decision {
 	if d.Rewrite == rcpt {
 		d.Rewrite = ""
 	}
-	return d
 }
 
 // mark is the status header value for a recipient.

@@ -125,30 +125,50 @@ type SignDecision struct {
 	KeyID, Expiry int
 }
 
-// Sign decides and computes the signed envelope sender of an outbound
-// message from sender to rcpts at now.
-func (p *Policy) Sign(sender string, rcpts []string, now time.Time) SignDecision {
+// skipSigning is why the message from sender to rcpts is not to be
+// signed, or NotSkipped. It is a function of its own so that Sign's frame,
+// under which the MAC is computed, stays small.
+func (p *Policy) skipSigning(sender string, rcpts []string) Skip {
 	if sender == "" {
-		return SignDecision{Skip: SkipNullSender}
+		return SkipNullSender
 	}
 	_, domain := splitAddr(sender)
 	if !p.signDomains.has(domain) {
-		return SignDecision{Skip: SkipForeignDomain}
+		return SkipForeignDomain
 	}
 	if p.exemptSenders.match(sender) {
-		return SignDecision{Skip: SkipExemptSender}
+		return SkipExemptSender
 	}
 	for _, r := range rcpts {
 		if p.exemptRcptsOut.match(r) {
-			return SignDecision{Skip: SkipExemptRecipient}
+			return SkipExemptRecipient
 		}
 	}
+	return NotSkipped
+}
+
+// Sign decides and computes the signed envelope sender of an outbound
+// message from sender to rcpts at now.
+func (p *Policy) Sign(sender string, rcpts []string, now time.Time) SignDecision {
+	var d SignDecision
+	p.SignTo(&d, sender, rcpts, now)
+	return d
+}
+
+// SignTo is Sign with the decision written to d, for a milter session,
+// whose frames stay small (see Transaction.RecipientTo).
+func (p *Policy) SignTo(d *SignDecision, sender string, rcpts []string, now time.Time) {
+	*d = SignDecision{}
+	if d.Skip = p.skipSigning(sender, rcpts); d.Skip != NotSkipped {
+		return
+	}
 	r, err := p.signer.SignAt(sender, now)
-	if err != nil {
-		return SignDecision{Skip: SkipError, Err: err}
+	switch {
+	case err != nil:
+		d.Skip, d.Err = SkipError, err
+	case r.Skip != batv.NotSkipped:
+		d.Skip = Skip(r.Skip)
+	default:
+		d.Address, d.KeyID, d.Expiry = r.Address, r.KeyID, r.Expiry
 	}
-	if r.Skip != batv.NotSkipped {
-		return SignDecision{Skip: Skip(r.Skip)}
-	}
-	return SignDecision{Address: r.Address, KeyID: r.KeyID, Expiry: r.Expiry}
 }

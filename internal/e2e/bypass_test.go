@@ -63,7 +63,7 @@ func (s *site) try(t *testing.T, sp spelling) {
 // logged: quoted when it has to be).
 func (s *site) lastRecipientLine(rcpt string) string {
 	var last string
-	for _, line := range strings.Split(s.daemon.Log(), "\n") {
+	for _, line := range strings.Split(s.daemon.LogWith("msg=recipient ", "rcpt="+rcpt+" "), "\n") {
 		if strings.Contains(line, "msg=recipient ") && strings.Contains(line, "rcpt="+rcpt+" ") {
 			last = line
 		}

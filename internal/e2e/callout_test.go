@@ -161,7 +161,7 @@ func expectProbe(t *testing.T, s *site, addr string) {
 		}
 	}
 	rcpt := regexp.MustCompile(`msg=recipient .*rcpt="?` + regexp.QuoteMeta(addr) + `"? .*sender=<> bounce=true`)
-	for _, line := range strings.Split(s.daemon.Log(), "\n") {
+	for _, line := range strings.Split(s.daemon.LogWith("msg=recipient ", addr), "\n") {
 		if rcpt.MatchString(line) && (strings.Contains(line, "action=accept") || strings.Contains(line, "stage=data")) {
 			t.Logf("batv: %s", line)
 			return
@@ -243,7 +243,7 @@ func TestCalloutDialogues(t *testing.T) {
 	})
 
 	t.Run("a bounce refused at DATA is logged and counted", func(t *testing.T) {
-		if !strings.Contains(s.daemon.Log(), `msg="bounce refused at DATA"`) {
+		if !strings.Contains(s.daemon.LogWith(`msg="bounce refused at DATA"`), `msg="bounce refused at DATA"`) {
 			t.Errorf("batv did not log the refusal at DATA:\n%s", s.daemon.Log())
 		}
 		if n := s.metric(t, "batv_bounces_refused_at_data_total"); n != 1 {

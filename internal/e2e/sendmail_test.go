@@ -290,7 +290,7 @@ func TestSendmailEndToEnd(t *testing.T) {
 	})
 
 	t.Run("Sendmail agreed not to wait for the replies batv leaves out", func(t *testing.T) {
-		if log := s.daemon.Log(); !strings.Contains(log, "no_reply=connect+mail+header") {
+		if log := s.daemon.LogWith("no_reply=connect+mail+header"); !strings.Contains(log, "no_reply=connect+mail+header") {
 			t.Errorf("batv's log has no connection with no_reply=connect+mail+header:\n%s", log)
 		}
 	})

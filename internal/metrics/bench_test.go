@@ -17,6 +17,6 @@ func BenchmarkMetrics(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		m.Decision("inbound", 2e-6)
-		m.Recipient(d)
+		m.Recipient(&d)
 	}
 }

@@ -80,7 +80,7 @@ func (m *Metrics) Signed(skip policy.Skip) {
 
 // Recipient counts an inbound decision for a recipient in a protected
 // domain.
-func (m *Metrics) Recipient(d policy.Decision) {
+func (m *Metrics) Recipient(d *policy.Decision) {
 	if m != nil {
 		m.inbound.WithLabelValues(d.Status.String(), d.Action.String()).Inc()
 	}

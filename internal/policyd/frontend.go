@@ -124,7 +124,7 @@ func (f *Frontend) recipient(c *Conn, req *Request) Reply {
 	d := t.trx.Recipient(rcpt, f.now())
 	f.Metrics.Decision("inbound", time.Since(start).Seconds())
 	if d.Protected {
-		f.Metrics.Recipient(d)
+		f.Metrics.Recipient(&d)
 		if t.trx.Bounce() {
 			t.bounces++
 		}
