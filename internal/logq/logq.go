@@ -81,8 +81,19 @@ func (q *Queue) write() {
 	defer close(q.done)
 	for l := range q.lines {
 		writeLine(l)
+		// Lines gather for a moment before the writer looks again: a
+		// line sent to a writer waiting on the channel wakes it, at more
+		// cost than the line, and a busy milter logs a line every few
+		// microseconds.
+		time.Sleep(gather)
+		for n := len(q.lines); n > 0; n-- {
+			writeLine(<-q.lines)
+		}
 	}
 }
+
+// gather is how long the writer lets lines gather after it wakes.
+const gather = time.Millisecond
 
 func writeLine(l line) {
 	r := slog.NewRecord(l.t, l.level, l.msg, 0)
