@@ -5,7 +5,7 @@
 // frames leave a session little of its 4 KiB starting stack: log/slog's
 // frames (the record, the handler, the formatting, the write) would grow
 // every session's stack to 8 KiB for good, 2 MiB at 256 connections
-// (docs/performance.md, Memory). Through a Queue, a session only copies
+// (docs/performance.md, Stacks). Through a Queue, a session only copies
 // its line's arguments and sends them.
 package logq
 
