@@ -400,7 +400,7 @@ func reloadingState() string {
 // writer before a session waits for it. A waiting line holds its values (a
 // few hundred bytes), and at 256 busy connections a queue of 1024 lines
 // held about 0.5 MiB more at the peak than one of 64 (docs/performance.md,
-// Memory).
+// Stacks).
 const logQueueLines = 64
 
 // listen opens every listener and starts serving.
