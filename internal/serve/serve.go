@@ -131,7 +131,8 @@ func (l *Listener) track(nc net.Conn) *Conn {
 			refused, logNow = l.refusals.Add(time.Now())
 		}
 		l.mu.Unlock()
-		nc.Close()
+		// Counted and logged before the close, so that whoever sees the
+		// close also finds the refusal in the metrics and the log.
 		if !draining {
 			l.opts.Metrics.ConnRefused(l.opts.Name)
 		}
@@ -139,6 +140,7 @@ func (l *Listener) track(nc net.Conn) *Conn {
 			l.log.Warn("connection refused: limit reached", "listener", l.opts.Name,
 				"max_connections", l.opts.MaxConns, "refused", refused, "per", RefusalLogEvery)
 		}
+		nc.Close()
 		return nil
 	}
 	c := &Conn{Conn: nc, l: l, id: l.lastID.Add(1), stop: make(chan struct{})}

@@ -37,10 +37,17 @@ type socketServer struct {
 
 func startSocket(t *testing.T, opts Options, handle func(*Conn)) *socketServer {
 	t.Helper()
+	return startSocketLogging(t, opts, handle, func(h slog.Handler) slog.Handler { return h })
+}
+
+// startSocketLogging is startSocket with the recording log handler
+// wrapped by wrap.
+func startSocketLogging(t *testing.T, opts Options, handle func(*Conn), wrap func(slog.Handler) slog.Handler) *socketServer {
+	t.Helper()
 	ln, path := conntest.ListenUnix(t, "s.sock")
 	s := &socketServer{path: path, log: &recorder{}, reg: prometheus.NewRegistry(), served: make(chan error, 1)}
 	opts.Name = "t"
-	opts.Logger = slog.New(recHandler{r: s.log})
+	opts.Logger = slog.New(wrap(recHandler{r: s.log}))
 	opts.Metrics = metrics.New(s.reg)
 	s.Listener = New(ln, opts)
 	go func() { s.served <- s.Serve(handle) }()
@@ -101,6 +108,38 @@ func (s *socketServer) metrics(t *testing.T) map[string]float64 {
 }
 
 // TestUnixSocket: how connections end on a real socket (the idle timeout:
+// TestRefusalRecordedBeforeClose: by the time the peer sees a connection
+// over the limit closed, the refusal is counted and logged, so that an
+// operator (or a test) who looks then finds it. The log is made slow to
+// show the order.
+func TestRefusalRecordedBeforeClose(t *testing.T) {
+	s := startSocketLogging(t, Options{MaxConns: 1}, lineHandler, func(h slog.Handler) slog.Handler {
+		return slowHandler{Handler: h, msg: "connection refused: limit reached", delay: 50 * time.Millisecond}
+	})
+	s.dial(t).say(t, "x")
+	s.dial(t).waitClosed(t)
+	if got := s.log.grep("connection refused: limit reached"); len(got) != 1 {
+		t.Errorf("log lines of the refusal when the peer saw the close: %q, want 1", got)
+	}
+	if got := s.metrics(t)[`batv_connections_total{listener="t",result="refused"}`]; got != 1 {
+		t.Errorf("refusals counted when the peer saw the close: %v, want 1", got)
+	}
+}
+
+// slowHandler waits delay before it handles a record with message msg.
+type slowHandler struct {
+	slog.Handler
+	msg   string
+	delay time.Duration
+}
+
+func (h slowHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		time.Sleep(h.delay)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
 // TestThousandsOfIdleConnections), counted, and nothing logged as a
 // failure.
 func TestUnixSocket(t *testing.T) {
