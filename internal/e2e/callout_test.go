@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/batv/batv/internal/testenv/postfixtest"
 )
@@ -305,15 +306,17 @@ func run(t *testing.T, c *postfixtest.Conn, steps ...step) {
 
 // expectNothingQueued finds the log line of Postfix that has both marker
 // and text and checks that its message went no further: no cleanup, no
-// queue manager line for its queue id, an empty queue.
+// queue manager line for its queue id, an empty queue. Postfix's postlogd
+// writes the log after the fact, so the line is waited for.
 func expectNothingQueued(t *testing.T, pf *postfixtest.Instance, marker, text string) {
 	t.Helper()
-	log := pf.MailLog()
-	var id string
-	for _, line := range strings.Split(log, "\n") {
-		if strings.Contains(line, marker) && strings.Contains(line, text) {
-			t.Logf("postfix: %s", line)
-			if m := regexp.MustCompile(`: ([0-9A-F]{6,}): ` + regexp.QuoteMeta(marker)).FindStringSubmatch(line); m != nil {
+	idOf := regexp.MustCompile(`: ([0-9A-F]{6,}): ` + regexp.QuoteMeta(marker))
+	var log, id string
+	for deadline := time.Now().Add(wait); id == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		log = pf.MailLog()
+		for _, line := range strings.Split(log, "\n") {
+			if m := idOf.FindStringSubmatch(line); m != nil && strings.Contains(line, text) {
+				t.Logf("postfix: %s", line)
 				id = m[1]
 			}
 		}
