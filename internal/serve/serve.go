@@ -335,8 +335,9 @@ func (c *Conn) drain() {
 	}
 }
 
-// Close closes the connection, counts and logs how it ended, and then
-// forgets it (Open no longer counts it); closing again does nothing.
+// Close counts and logs how the connection ended, closes it (so the peer
+// that sees the close finds it counted) and then forgets it (Open no
+// longer counts it); closing again does nothing.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -349,10 +350,10 @@ func (c *Conn) Close() error {
 	}
 	how := c.end
 	c.mu.Unlock()
-	err := c.Conn.Close()
 	l := c.l
 	l.opts.Metrics.ConnClosed(l.opts.Name, how)
 	c.log.Debug("connection ended", "how", how)
+	err := c.Conn.Close()
 	l.mu.Lock()
 	delete(l.conns, c)
 	l.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -108,15 +109,17 @@ func (s *socketServer) metrics(t *testing.T) map[string]float64 {
 }
 
 // TestUnixSocket: how connections end on a real socket (the idle timeout:
-// TestRefusalRecordedBeforeClose: by the time the peer sees a connection
-// over the limit closed, the refusal is counted and logged, so that an
-// operator (or a test) who looks then finds it. The log is made slow to
-// show the order.
-func TestRefusalRecordedBeforeClose(t *testing.T) {
+// TestRecordedBeforeClose: by the time the peer sees its connection
+// closed (refused over the limit, or its session ended), that is counted
+// and logged, so that an operator (or a test) who looks then finds it.
+// The log is made slow to show the order.
+func TestRecordedBeforeClose(t *testing.T) {
 	s := startSocketLogging(t, Options{MaxConns: 1}, lineHandler, func(h slog.Handler) slog.Handler {
-		return slowHandler{Handler: h, msg: "connection refused: limit reached", delay: 50 * time.Millisecond}
+		return slowHandler{Handler: h, delay: 50 * time.Millisecond,
+			msgs: []string{"connection refused: limit reached", "connection ended"}}
 	})
-	s.dial(t).say(t, "x")
+	first := s.dial(t)
+	first.say(t, "x")
 	s.dial(t).waitClosed(t)
 	if got := s.log.grep("connection refused: limit reached"); len(got) != 1 {
 		t.Errorf("log lines of the refusal when the peer saw the close: %q, want 1", got)
@@ -124,17 +127,33 @@ func TestRefusalRecordedBeforeClose(t *testing.T) {
 	if got := s.metrics(t)[`batv_connections_total{listener="t",result="refused"}`]; got != 1 {
 		t.Errorf("refusals counted when the peer saw the close: %v, want 1", got)
 	}
+	if _, err := io.WriteString(first, "quit\n"); err != nil {
+		t.Fatal(err)
+	}
+	first.waitClosed(t)
+	if got := s.log.grep("connection ended", "how=quit"); len(got) != 1 {
+		t.Errorf("log lines of the session's end when the peer saw the close: %q, want 1", got)
+	}
+	if got := s.metrics(t)[`batv_sessions_ended_total{how="quit",listener="t"}`]; got != 1 {
+		t.Errorf("sessions ended counted when the peer saw the close: %v, want 1", got)
+	}
 }
 
-// slowHandler waits delay before it handles a record with message msg.
+// slowHandler waits delay before it handles a record with one of the
+// messages msgs.
 type slowHandler struct {
 	slog.Handler
-	msg   string
+	msgs  []string
 	delay time.Duration
 }
 
+func (h slowHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	h.Handler = h.Handler.WithAttrs(as)
+	return h
+}
+
 func (h slowHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == h.msg {
+	if slices.Contains(h.msgs, r.Message) {
 		time.Sleep(h.delay)
 	}
 	return h.Handler.Handle(ctx, r)
