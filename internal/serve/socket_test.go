@@ -108,7 +108,6 @@ func (s *socketServer) metrics(t *testing.T) map[string]float64 {
 	return gather(t, s.reg, "batv_connections_total", "batv_connections_open", "batv_sessions_ended_total")
 }
 
-// TestUnixSocket: how connections end on a real socket (the idle timeout:
 // TestRecordedBeforeClose: by the time the peer sees its connection
 // closed (refused over the limit, or its session ended), that is counted
 // and logged, so that an operator (or a test) who looks then finds it.
@@ -159,6 +158,7 @@ func (h slowHandler) Handle(ctx context.Context, r slog.Record) error {
 	return h.Handler.Handle(ctx, r)
 }
 
+// TestUnixSocket: how connections end on a real socket (the idle timeout:
 // TestThousandsOfIdleConnections), counted, and nothing logged as a
 // failure.
 func TestUnixSocket(t *testing.T) {
