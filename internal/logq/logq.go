@@ -51,17 +51,18 @@ func (q *Queue) Log(log *slog.Logger, level slog.Level, msg string, args ...any)
 	if !log.Enabled(context.Background(), level) {
 		return
 	}
+	l := line{log: log, t: time.Now(), level: level, msg: msg, args: args}
 	if q == nil {
-		writeLine(line{log: log, t: time.Now(), level: level, msg: msg, args: args})
+		writeLine(l)
 		return
 	}
 	q.mu.RLock()
 	if q.closed {
 		q.mu.RUnlock()
-		writeLine(line{log: log, t: time.Now(), level: level, msg: msg, args: args})
+		writeLine(l)
 		return
 	}
-	q.lines <- line{log: log, t: time.Now(), level: level, msg: msg, args: args}
+	q.lines <- l
 	q.mu.RUnlock()
 }
 
