@@ -362,6 +362,7 @@ func TestShutdownDrains(t *testing.T) {
 		if _, err := io.WriteString(working, "work\n"); err != nil {
 			t.Fatal(err)
 		}
+		synctest.Wait() // the handler has marked its unit busy
 		begin := time.Now()
 		shut := make(chan error, 1)
 		go func() { shut <- f.Shutdown(context.Background()) }()
@@ -491,6 +492,9 @@ func TestShutdownWaitsForHandlers(t *testing.T) {
 		if _, err := io.WriteString(working, "work\n"); err != nil {
 			t.Fatal(err)
 		}
+		// The handler has the line once the write returns, but marks its
+		// unit busy a moment later: the shutdown starts once it waits.
+		synctest.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		shut := make(chan error, 1)
